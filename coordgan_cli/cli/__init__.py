@@ -1,0 +1,63 @@
+"""The ``coordgan`` program: root options and command registration.
+
+Every module in this package that is not private (no leading underscore) defines
+``register(app)`` and adds its command(s); the root collects them at import. A command is only
+registered when it really works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Optional
+
+import typer
+
+from coordgan_cli import __version__
+from coordgan_cli.cli._common import CoordganGroup, AppState
+
+app = typer.Typer(
+    name="coordgan",
+    cls=CoordganGroup,
+    help="Dense correspondence and label propagation with CoordGAN: annotate a folder from a few references.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coordgan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (auto = CUDA if present)."),
+    seed: int = typer.Option(0, "--seed", help="One seed for Python, NumPy and torch."),
+    quiet: Optional[bool] = typer.Option(
+        None, "--quiet/--verbose", help="--quiet hides progress bars; --verbose shows full tracebacks and debug detail."
+    ),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Root options shared by every command."""
+    # One tri-state flag: None = default, True = --quiet, False = --verbose.
+    ctx.obj = AppState(device=device, seed=seed, quiet=quiet is True, verbose=quiet is False)
+
+
+def _register_commands() -> None:
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module.name.startswith("_"):
+            continue
+        importlib.import_module(f"{__name__}.{module.name}").register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
