@@ -8,7 +8,6 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -52,28 +51,18 @@ def get_state(ctx: typer.Context) -> AppState:
     return root.obj if isinstance(root.obj, AppState) else AppState()
 
 
-class _ReportedUserError(click.ClickException):
-    """A UserError turned into Click's own exception, so Click (and CliRunner) set the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:  # noqa: ARG002 - Click's signature
-        err_console.print(f"[bold red]error:[/] {escape(self.message)}", soft_wrap=True)
-
-
 class CoordganGroup(TyperGroup):
     """Turns a UserError raised anywhere in a command into one clear line and exit status 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
             state = ctx.obj if isinstance(ctx.obj, AppState) else None
             if state is not None and state.verbose:
                 traceback.print_exc(file=sys.stderr)
-            raise _ReportedUserError(exc.message, exc.exit_code) from exc
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from exc
 
 
 def info(message: str, state: Optional[AppState] = None) -> None:
