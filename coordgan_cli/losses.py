@@ -1,0 +1,293 @@
+"""Losses of the CoordGAN objective (DESIGN §3) as pure functions.
+
+Tensors in, a loss tensor out: no ``backward()``, no optimiser, no weighting or schedules inside
+(the training step owns those). Shapes: images (B, 3, H, W) in [-1, 1]; correspondence maps
+(B, 2, H, W) with channel 0 = canonical x, channel 1 = canonical y, in [-1, 1].
+
+The warp loss is the memory-critical one. Rebuilding image A from image B's colours by soft
+matching of coordinates is, done naively, an (HW × HW) softmax matrix per pair: 16384² floats
+(1 GiB, plus as much again for its gradient) at 128 px. Here it never exists:
+
+* ``distance="squared"`` (default): softmax over B's pixels of −‖c_A − c_B‖² / τ. Expanding,
+  −‖a − b‖² = 2a·b − ‖b‖² − ‖a‖², and the last term is constant along the softmax row, so the
+  weights equal softmax(q·k / τ) with augmented 3-d queries q = (a_x, a_y, 1) and keys
+  k = (2b_x, 2b_y, −‖b‖²). That is exactly scaled dot-product attention, whose fused kernels
+  (flash / memory-efficient on GPU, flash on CPU) keep O(HW) memory in forward and backward.
+* ``distance="euclidean"``: softmax of −‖c_A − c_B‖ / τ, the formula as written in the paper's
+  supplement. No attention form exists for it, so it is computed in query chunks under
+  activation checkpointing: memory O(chunk × HW), and the backward recomputes one chunk at a
+  time.
+
+Why squared is the default: it is the form DESIGN §3 prescribes for the memory-efficient path,
+it is exact attention (fast fused kernels on every device), and its gradient is smooth at zero
+distance. Note the temperatures are not interchangeable: with squared distance the softmax
+reaches about √τ in canonical units (τ = 0.01 → 0.1, i.e. ~3 px at 64 px), with Euclidean
+distance about τ. Recipes that want a sharper squared match use a smaller ``losses.warp_tau``.
+``soft_warp_dense`` is the straightforward reference for both forms (tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Distance = Literal["squared", "euclidean"]
+PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Adversarial losses and R1
+
+
+def d_logistic_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
+    """Logistic discriminator loss: mean softplus(−D(real)) + mean softplus(D(fake)). Scalar."""
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: mean softplus(−D(fake)). Scalar."""
+    return F.softplus(-fake_pred).mean()
+
+
+def d_r1_loss(real_pred: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """R1 penalty: batch mean of ‖∂ΣD(x)/∂x‖² per sample.
+
+    ``real_input`` must require grad and ``real_pred`` must be computed from it. The graph is
+    kept (``create_graph``) so the penalty can be back-propagated. The caller multiplies by
+    γ/2 and by the lazy interval.
+    """
+    (grad,) = torch.autograd.grad(real_pred.sum(), real_input, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Chamfer
+
+
+def canonical_grid(height: int, width: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The canonical coordinate frame: (2, H, W), channel 0 = x across columns, 1 = y down rows,
+    pixel centres spanning [-1, 1] inclusive (``linspace``)."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy])
+
+
+def _nearest_index(src: torch.Tensor, dst: torch.Tensor, chunk: int) -> torch.Tensor:
+    """For each point of ``src`` (N, D), the index of its nearest point in ``dst`` (M, D); no grad.
+
+    Chunked over ``src`` so memory stays O(chunk × M).
+    """
+    out = []
+    with torch.no_grad():
+        for start in range(0, src.shape[0], chunk):
+            d = torch.cdist(src[start:start + chunk], dst)
+            out.append(d.argmin(dim=1))
+    return torch.cat(out)
+
+
+def chamfer_loss(warped: torch.Tensor, canonical: torch.Tensor, *, chunk: int = 2048) -> torch.Tensor:
+    """Symmetric chamfer distance between each sample's warped coordinates and the canonical grid.
+
+    ``warped``: (B, 2, H, W) correspondence maps; ``canonical``: (2, H', W') or (N, 2) points.
+    Per sample: mean over warped points of the squared distance to the nearest canonical point,
+    plus mean over canonical points of the squared distance to the nearest warped point; the
+    result is the mean over the batch (scalar).
+
+    Nearest neighbours are found without gradient, in chunks (never an HW × HW matrix unless
+    ``chunk`` ≥ HW); the loss is then the squared distance of the gathered pairs, whose gradient
+    equals that of the min (the argmin is piecewise constant).
+    """
+    b = warped.shape[0]
+    points = warped.flatten(2).transpose(1, 2)  # (B, HW, 2)
+    grid = canonical.flatten(1).t() if canonical.dim() == 3 else canonical
+    grid = grid.to(points)
+    total = points.new_zeros(())
+    for i in range(b):
+        p = points[i]
+        to_grid = grid[_nearest_index(p.detach(), grid, chunk)]
+        to_points = p[_nearest_index(grid, p.detach(), chunk)]
+        total = total + (p - to_grid).pow(2).sum(1).mean() + (grid - to_points).pow(2).sum(1).mean()
+    return total / b
+
+
+def chamfer_loss_dense(warped: torch.Tensor, canonical: torch.Tensor) -> torch.Tensor:
+    """Straightforward reference of :func:`chamfer_loss` with the full distance matrix."""
+    points = warped.flatten(2).transpose(1, 2)
+    grid = canonical.flatten(1).t() if canonical.dim() == 3 else canonical
+    d = torch.cdist(points, grid.to(points).expand(points.shape[0], -1, -1)).pow(2)
+    return (d.min(dim=2).values.mean(1) + d.min(dim=1).values.mean(1)).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Warp loss
+
+
+def _flatten_pair(coords_a: torch.Tensor, coords_b: torch.Tensor, image_b: torch.Tensor):
+    if coords_a.shape[1] != 2 or coords_b.shape[1] != 2:
+        raise ValueError(f"correspondence maps must be (B, 2, H, W), got {tuple(coords_a.shape)} / {tuple(coords_b.shape)}")
+    if image_b.shape[-2:] != coords_b.shape[-2:] or image_b.shape[0] != coords_b.shape[0]:
+        raise ValueError(f"image_b {tuple(image_b.shape)} must match coords_b {tuple(coords_b.shape)} in batch and size")
+    a = coords_a.flatten(2).transpose(1, 2)  # (B, HWa, 2)
+    bb = coords_b.flatten(2).transpose(1, 2)  # (B, HWb, 2)
+    v = image_b.flatten(2).transpose(1, 2)  # (B, HWb, C)
+    return a, bb, v
+
+
+def _unflatten(rebuilt: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = like.shape
+    return rebuilt.transpose(1, 2).reshape(b, -1, h, w)
+
+
+def _euclidean_chunk(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
+    d2 = (a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1)
+    # sqrt with a tiny floor: the exact distance's gradient is undefined at zero.
+    d = (d2 + 1e-12).sqrt()
+    return torch.softmax(-d / tau, dim=-1) @ v
+
+
+def soft_warp(
+    coords_a: torch.Tensor,
+    coords_b: torch.Tensor,
+    image_b: torch.Tensor,
+    tau: float,
+    *,
+    distance: Distance = "squared",
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Rebuild image A from image B's colours by soft matching of canonical coordinates.
+
+    Each pixel p of A becomes Σ_q softmax_q(−dist(c_A(p), c_B(q)) / τ) · image_B(q), with
+    ``dist`` the squared (default) or plain Euclidean distance (see the module docstring).
+
+    ``coords_a``: (B, 2, Ha, Wa); ``coords_b``: (B, 2, Hb, Wb); ``image_b``: (B, C, Hb, Wb).
+    Returns (B, C, Ha, Wa). Memory O((Ha·Wa + Hb·Wb)) for ``squared`` (fused attention) and
+    O(chunk · Hb·Wb) for ``euclidean``; differentiable in all three inputs.
+    """
+    a, b, v = _flatten_pair(coords_a, coords_b, image_b)
+    if distance == "squared":
+        ones = torch.ones_like(a[..., :1])
+        q = torch.cat([a, ones], dim=-1)
+        k = torch.cat([2.0 * b, -b.pow(2).sum(-1, keepdim=True)], dim=-1)
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0 / tau)
+        return _unflatten(out.squeeze(1), coords_a)
+    if distance == "euclidean":
+        pieces = []
+        for start in range(0, a.shape[1], chunk):
+            part = a[:, start:start + chunk]
+            if torch.is_grad_enabled() and (part.requires_grad or b.requires_grad or v.requires_grad):
+                pieces.append(checkpoint(_euclidean_chunk, part, b, v, tau, use_reentrant=False))
+            else:
+                pieces.append(_euclidean_chunk(part, b, v, tau))
+        return _unflatten(torch.cat(pieces, dim=1), coords_a)
+    raise ValueError(f"unknown warp distance {distance!r}: expected 'squared' or 'euclidean'")
+
+
+def soft_warp_dense(
+    coords_a: torch.Tensor, coords_b: torch.Tensor, image_b: torch.Tensor, tau: float, *, distance: Distance = "squared"
+) -> torch.Tensor:
+    """Straightforward reference of :func:`soft_warp`: the full (HWa × HWb) softmax matrix."""
+    a, b, v = _flatten_pair(coords_a, coords_b, image_b)
+    d2 = (a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1)
+    if distance == "squared":
+        logits = -d2 / tau
+    elif distance == "euclidean":
+        logits = -(d2 + 1e-12).sqrt() / tau
+    else:
+        raise ValueError(f"unknown warp distance {distance!r}")
+    return _unflatten(torch.softmax(logits, dim=-1) @ v, coords_a)
+
+
+def warp_loss(
+    image_a: torch.Tensor,
+    image_b: torch.Tensor,
+    coords_a: torch.Tensor,
+    coords_b: torch.Tensor,
+    perceptual: PerceptualFn,
+    tau: float,
+    *,
+    distance: Distance = "squared",
+    symmetric: bool = True,
+    dense: bool = False,
+) -> torch.Tensor:
+    """Warp loss: perceptual distance between A and A rebuilt from B's colours (and B from A's).
+
+    ``perceptual(x, y)`` gives a per-sample distance (B,). Images (B, 3, H, W) and correspondence
+    maps (B, 2, H, W) must have the same size. Returns the batch mean (scalar), the two
+    directions summed when ``symmetric``. ``dense=True`` uses the HW × HW reference (benchmarks).
+    """
+    warp = soft_warp_dense if dense else soft_warp
+    rebuilt_a = warp(coords_a, coords_b, image_b, tau, distance=distance)
+    loss = perceptual(rebuilt_a, image_a).mean()
+    if symmetric:
+        rebuilt_b = warp(coords_b, coords_a, image_a, tau, distance=distance)
+        loss = loss + perceptual(rebuilt_b, image_b).mean()
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Swap constraints, backward MLP
+
+
+def texture_swap_loss(image: torch.Tensor, image_swapped_texture: torch.Tensor, perceptual: PerceptualFn) -> torch.Tensor:
+    """Texture-swap constraint: perceptual distance between G(s, t) and G(s, t′) — same structure,
+    different texture must keep the layout. Images (B, 3, H, W); returns the batch mean."""
+    return perceptual(image, image_swapped_texture).mean()
+
+
+def structure_swap_d_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
+    """Patch-discriminator loss of the structure-swap constraint (logistic).
+
+    ``real_pred``: scores of crops of G(s, t) against reference crops of G(s, t);
+    ``fake_pred``: scores of crops of G(s′, t) against the same references."""
+    return d_logistic_loss(real_pred, fake_pred)
+
+
+def structure_swap_g_loss(fake_pred: torch.Tensor) -> torch.Tensor:
+    """Generator side of the structure-swap constraint: crops of G(s′, t) should pass as G(s, t)."""
+    return g_nonsaturating_loss(fake_pred)
+
+
+def backward_mlp_loss(predicted_canonical: torch.Tensor, canonical: torch.Tensor) -> torch.Tensor:
+    """CoordGAN-B: L1 between the backward MLP's output on warped coordinates (B, 2, H, W) and
+    the canonical coordinates they came from ((2, H, W) broadcast or (B, 2, H, W)). Scalar."""
+    return (predicted_canonical - canonical.to(predicted_canonical)).abs().mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Crops for the patch discriminator
+
+
+def random_crops(
+    images: torch.Tensor,
+    n: int,
+    min_frac: float,
+    max_frac: float,
+    out_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``n`` random square crops per image, each side a uniform fraction in [min_frac, max_frac]
+    of the image side, resampled (bilinear) to ``out_size``.
+
+    ``images``: (B, C, H, W). Returns (B, n, C, out_size, out_size). Crop boxes are drawn from
+    ``generator`` on the CPU (the same generator state gives the same crops on any device); the
+    resampling is differentiable (``grid_sample``), so gradients reach the images.
+    """
+    b, c, h, w = images.shape
+    side = torch.empty(b * n).uniform_(min_frac, max_frac, generator=generator)  # fraction of the image
+    # Centre so that the crop stays inside the image; in normalised [-1, 1] units.
+    cx = (torch.rand(b * n, generator=generator) * 2 - 1) * (1 - side)
+    cy = (torch.rand(b * n, generator=generator) * 2 - 1) * (1 - side)
+    theta = torch.zeros(b * n, 2, 3)
+    theta[:, 0, 0] = side
+    theta[:, 1, 1] = side
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, [b * n, c, out_size, out_size], align_corners=False)
+    src = images.unsqueeze(1).expand(b, n, c, h, w).reshape(b * n, c, h, w)
+    crops = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return crops.reshape(b, n, c, out_size, out_size)
