@@ -57,6 +57,8 @@ class ModelConfig:
     patch_size: int = _f(32, "side of the crops the patch discriminator sees", lo=8)
     patch_channels: int = _f(256, "feature width of the patch discriminator", lo=1)
     encoder_channels: list[int] = _f([32, 64, 128, 256, 512], "encoder widths: from-RGB then one per downsampling block")
+    encoder_structure_channels: int = _f(64, "channels of the encoder's structure head before its linear layer", lo=1)
+    encoder_texture_channels: list[int] = _f([1024, 2048], "widths of the encoder's strided texture convs", lo=1)
 
 
 @dataclass(frozen=True)

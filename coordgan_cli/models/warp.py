@@ -1,0 +1,122 @@
+"""Canonical coordinate frame and the coordinate warping MLP (DESIGN §2).
+
+The canonical frame is a grid of (x, y) in [-1, 1]: x across columns, y down rows, endpoints
+included (align_corners-style: the first column is x = -1, the last x = +1). The warping
+network is a per-pixel MLP of [x, y, w_structure], so a correspondence map can be evaluated on
+any grid: a 512×512 map costs only a bigger grid, never an upsampling.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+Size = Union[int, tuple[int, int]]
+
+# Hidden activations per chunk (elements): bounds memory when a big grid is evaluated.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def canonical_grid(height: int, width: int, device: Optional[torch.device] = None,
+                   dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Canonical coordinates of an H×W grid, row-major: (H*W, 2) with [:, 0] = x, [:, 1] = y.
+
+    x runs from -1 (first column) to +1 (last column), y from -1 (top row) to +1 (bottom row).
+    """
+    dtype = dtype or torch.float32
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype) if height > 1 else torch.zeros(1, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype) if width > 1 else torch.zeros(1, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+
+
+def canonical_grid_map(height: int, width: int, device: Optional[torch.device] = None,
+                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The canonical frame as an image: (1, 2, H, W), channel 0 = x, channel 1 = y."""
+    return canonical_grid(height, width, device, dtype).t().reshape(1, 2, height, width)
+
+
+class PointMLP(nn.Module):
+    """MLP on [point (2), code (D)] per point: Linear(2+D → hidden), ReLU, …, Linear(hidden → 2), tanh.
+
+    ``forward(points (N, 2) shared or (B, N, 2), code (B, D)) -> (B, N, 2)``. The first layer is
+    split into a point part (per point) and a code part (once per sample), so no (B, N, 2+D) input
+    is ever built; points are processed in chunks to bound memory.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int, n_layers: int) -> None:
+        super().__init__()
+        if n_layers < 2:
+            raise ValueError("the point MLP needs at least 2 linear layers")
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.first = nn.Linear(2 + latent_dim, hidden)
+        self.hidden_layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(n_layers - 2))
+        self.last = nn.Linear(hidden, 2)
+
+    def _run(self, points: torch.Tensor, code_term: torch.Tensor) -> torch.Tensor:
+        w_point = self.first.weight[:, :2]
+        h = torch.relu(points @ w_point.t() + code_term)
+        for layer in self.hidden_layers:
+            h = torch.relu(layer(h))
+        return torch.tanh(self.last(h))
+
+    def forward(self, points: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        if code.ndim != 2 or code.shape[1] != self.latent_dim:
+            raise ValueError(f"expected a code of shape (B, {self.latent_dim}), got {tuple(code.shape)}")
+        b = code.shape[0]
+        # Code part of the first layer, once per sample: (B, 1, hidden).
+        code_term = (code @ self.first.weight[:, 2:].t() + self.first.bias)[:, None, :]
+        points = points.to(code.dtype)
+        n = points.shape[-2]
+        chunk = max(1024, _CHUNK_ELEMENTS // max(1, b * self.hidden))
+        outs = []
+        for start in range(0, n, chunk):
+            p = points[..., start:start + chunk, :]
+            outs.append(self._run(p if p.ndim == 3 else p[None], code_term))
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+class CoordinateWarp(nn.Module):
+    """Coordinate warping network: structure w → correspondence map.
+
+    ``forward(w_structure (B, D), size=int|(H, W)) -> (B, 2, H, W)`` in [-1, 1] (tanh output):
+    for each canonical grid position, the canonical coordinate of the semantic point drawn there.
+    ``warp_points(w (B, D), points (N, 2)) -> (B, N, 2)`` evaluates arbitrary positions.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3) -> None:
+        super().__init__()
+        self.mlp = PointMLP(latent_dim, hidden, n_layers)
+
+    def warp_points(self, w_structure: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.mlp(points, w_structure)
+
+    def forward(self, w_structure: torch.Tensor, size: Size) -> torch.Tensor:
+        h, w = _hw(size)
+        grid = canonical_grid(h, w, device=w_structure.device, dtype=w_structure.dtype)
+        out = self.mlp(grid, w_structure)  # (B, H*W, 2)
+        return out.transpose(1, 2).reshape(w_structure.shape[0], 2, h, w)
+
+
+class BackwardMLP(nn.Module):
+    """CoordGAN-B's backward MLP: warped coordinates (+ structure w) → canonical coordinates.
+
+    ``forward(correspondence_map (B, 2, H, W), w_structure (B, D)) -> (B, 2, H, W)``; trained with an
+    L1 loss against the canonical grid.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3) -> None:
+        super().__init__()
+        self.mlp = PointMLP(latent_dim, hidden, n_layers)
+
+    def forward(self, correspondence_map: torch.Tensor, w_structure: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = correspondence_map.shape
+        points = correspondence_map.reshape(b, 2, h * w).transpose(1, 2)
+        return self.mlp(points, w_structure).transpose(1, 2).reshape(b, 2, h, w)
