@@ -172,8 +172,13 @@ def soft_warp(
         ones = torch.ones_like(a[..., :1])
         q = torch.cat([a, ones], dim=-1)
         k = torch.cat([2.0 * b, -b.pow(2).sum(-1, keepdim=True)], dim=-1)
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0 / tau)
-        return _unflatten(out.squeeze(1), coords_a)
+        # Fused kernels need a unit stride along the feature axis, and the GPU ones a feature
+        # width that is a multiple of 8; otherwise PyTorch silently falls back to the math
+        # path, which builds the full matrix. Zero padding changes neither q·k nor the output.
+        channels = v.shape[-1]
+        q, k, v = (F.pad(t, (0, (-t.shape[-1]) % 8)).unsqueeze(1).contiguous() for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / tau)
+        return _unflatten(out.squeeze(1)[..., :channels], coords_a)
     if distance == "euclidean":
         pieces = []
         for start in range(0, a.shape[1], chunk):
