@@ -17,20 +17,26 @@ def _maps(b: int, h: int, w: int, device, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("distance", ["squared", "euclidean"])
 @pytest.mark.parametrize("tau", [0.01, 0.002])
 def test_soft_warp_matches_dense_value_and_gradient(distance, tau, device):
-    ca = _maps(2, 8, 10, device, 1).requires_grad_()
-    cb = _maps(2, 8, 10, device, 2).requires_grad_()
-    img = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(3)).to(device).requires_grad_()
-    weights = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(4)).to(device)
+    # float64 so that the comparison is about the algorithm, not float32 summation order.
+    f64 = dict(device=device, dtype=torch.float64)
+    ca = _maps(2, 8, 10, "cpu", 1).to(**f64).requires_grad_()
+    cb = _maps(2, 8, 10, "cpu", 2).to(**f64).requires_grad_()
+    img = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(3)).to(**f64).requires_grad_()
+    weights = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(4)).to(**f64)
 
     ours = losses.soft_warp(ca, cb, img, tau, distance=distance, chunk=16)
     ref = losses.soft_warp_dense(ca, cb, img, tau, distance=distance)
     assert ours.shape == (2, 3, 8, 10)
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
 
     g_ours = torch.autograd.grad((ours * weights).sum(), [ca, cb, img])
     g_ref = torch.autograd.grad((ref * weights).sum(), [ca, cb, img])
     for a, b in zip(g_ours, g_ref):
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+
+    # float32 (the training dtype) agrees in value too.
+    ours32 = losses.soft_warp(ca.float(), cb.float(), img.float(), tau, distance=distance)
+    torch.testing.assert_close(ours32, ref.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_soft_warp_different_sizes_and_identity(device):
