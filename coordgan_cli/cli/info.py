@@ -1,0 +1,103 @@
+"""``coordgan info TARGET``: what a recipe resolves to, or what a checkpoint holds, with parameter counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from coordgan_cli.cli._common import get_state, print_json
+from coordgan_cli.errors import UserError
+
+
+def _config_table(recipe: Any) -> Table:
+    from coordgan_cli.config import describe
+
+    table = Table(title=f"recipe {recipe.name}", show_lines=False)
+    table.add_column("section")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("meaning", style="dim")
+    last = None
+    for section, key, value, doc in describe(recipe):
+        table.add_row(section if section != last else "", key, repr(value) if isinstance(value, str) else str(value), doc)
+        last = section
+    return table
+
+
+def _parameter_table(counts: dict[str, int]) -> Table:
+    table = Table(title="parameters")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    table.add_column("millions", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}", f"{count / 1e6:.2f} M")
+    return table
+
+
+def _state_elements(state: Any) -> int:
+    return sum(v.numel() for v in state.values() if hasattr(v, "numel")) if isinstance(state, dict) else 0
+
+
+def info_command(
+    ctx: typer.Context,
+    target: Path = typer.Argument(..., help="A recipe (.toml) or a checkpoint (.pt)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout: config, parameters (and checkpoint)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe value: section.key=value (repeatable)."),
+) -> None:
+    """Print a recipe's resolved config (or a checkpoint's contents) and parameter counts per network."""
+    from coordgan_cli.config import load_recipe
+    from coordgan_cli.models import parameter_counts
+
+    get_state(ctx)
+    overrides = list(overrides or [])
+    checkpoint: dict[str, Any] | None = None
+    if not target.exists():
+        raise UserError(f"{target}: no such file (expected a recipe .toml or a checkpoint .pt)")
+    if target.suffix.lower() == ".toml":
+        recipe = load_recipe(target, overrides)
+    else:
+        if overrides:
+            raise UserError("--set applies to recipes; a checkpoint's config is fixed (it describes its weights)")
+        from coordgan_cli.io.checkpoint import checkpoint_recipe, file_sha256, load_checkpoint
+
+        data = load_checkpoint(target)
+        recipe = checkpoint_recipe(data, target)
+        checkpoint = {
+            "path": str(target),
+            "format": data["format"],
+            "format_version": data["format_version"],
+            "kind": data["kind"],
+            "step": int(data["step"]),
+            "sha256": file_sha256(target),
+            "networks": {name: _state_elements(s) for name, s in data["networks"].items()},
+            "ema": sorted(data.get("ema", {}) or {}),
+            "optimizers": sorted(data.get("optimizers", {}) or {}),
+            "rng": "rng" in data,
+        }
+    counts = parameter_counts(recipe.model)
+    if as_json:
+        out: dict[str, Any] = {"config": recipe.to_dict(), "parameters": counts}
+        if checkpoint is not None:
+            out["checkpoint"] = checkpoint
+        print_json(out)
+        return
+    console = Console(highlight=False)
+    if checkpoint is not None:
+        console.print(f"[bold]checkpoint[/] {checkpoint['path']}")
+        console.print(f"  format {checkpoint['format']} v{checkpoint['format_version']}, kind {checkpoint['kind']}, "
+                      f"step {checkpoint['step']:,}")
+        console.print(f"  sha256 {checkpoint['sha256']}")
+        stored = ", ".join(f"{k} ({v:,} values)" for k, v in checkpoint["networks"].items())
+        console.print(f"  networks: {stored or 'none'}")
+        console.print(f"  EMA: {', '.join(checkpoint['ema']) or 'none'}; optimisers: "
+                      f"{', '.join(checkpoint['optimizers']) or 'none'}; RNG state: {'yes' if checkpoint['rng'] else 'no'}")
+    console.print(_config_table(recipe))
+    console.print(_parameter_table(counts))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info_command)
