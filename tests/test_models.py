@@ -1,0 +1,240 @@
+"""Model core: tiny networks forward/backward, paper-size parameter counts, warp MLP on any grid,
+deterministic noise, modulated conv against a straightforward per-sample reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coordgan_cli.config import ModelConfig, load_recipe
+from coordgan_cli.models import (
+    CoordinateWarp,
+    Generator,
+    build_networks,
+    canonical_grid,
+    canonical_grid_map,
+    generator_kwargs,
+    parameter_counts,
+)
+from coordgan_cli.models.layers import ModulatedConv2d, Upsample, make_kernel, blur
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ModelConfig:
+    return load_recipe(RECIPES / "tiny.toml").model
+
+
+def test_tiny_networks_forward_backward(tiny: ModelConfig, device: torch.device) -> None:
+    torch.manual_seed(0)
+    with device:
+        nets = build_networks(tiny)
+    g, d, pd, enc = nets["generator"], nets["discriminator"], nets["patch_discriminator"], nets["encoder"]
+    b, dim = 4, tiny.latent_dim
+    z_s, z_t = torch.randn(b, dim, device=device), torch.randn(b, dim, device=device)
+    image, corr = g(z_s, z_t)
+    assert image.shape == (b, 3, tiny.size, tiny.size)
+    assert corr.shape == (b, 2, tiny.coord_size, tiny.coord_size)
+    assert corr.abs().max() <= 1.0
+    logits = d(image)
+    assert logits.shape == (b, 1)
+    w_s, w_plus = enc(image)
+    assert w_s.shape == (b, dim) and w_plus.shape == (b, g.n_latent, dim)
+    crops = image[:, :, : tiny.patch_size, : tiny.patch_size]
+    refs = torch.stack([crops, crops.flip(-1)], dim=1)  # (B, 2, 3, p, p)
+    feats = pd.extract_features(refs)
+    assert feats.shape[:2] == (b, 2)
+    pair_logits = pd.discriminate_features(feats.mean(1), pd.extract_features(crops))
+    assert pair_logits.shape == (b, 1)
+    loss = logits.mean() + w_s.square().mean() + w_plus.square().mean() + pair_logits.mean()
+    loss.backward()
+    for name, net in nets.items():
+        grads = [p.grad for p in net.parameters()]
+        assert all(gr is not None and torch.isfinite(gr).all() for gr in grads), name
+    # Every generator part takes part in the image: mapping, warp, synthesis all receive gradients.
+    for part in (g.mapping_structure, g.mapping_texture, g.warp, g.synthesis):
+        assert any(p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_generator_methods_compose(tiny: ModelConfig) -> None:
+    torch.manual_seed(1)
+    g = Generator(**generator_kwargs(tiny))
+    z_s, z_t = torch.randn(3, tiny.latent_dim), torch.randn(3, tiny.latent_dim)
+    w_s, w_t = g.map_structure(z_s), g.map_texture(z_t)
+    w_plus = g.texture_plus(w_t)
+    assert w_plus.shape == (3, g.n_latent, tiny.latent_dim)
+    assert torch.equal(w_plus[:, 0], w_plus[:, -1])
+    corr = g.correspondence(w_s)
+    image = g.synthesize(corr, w_plus, noise="const")
+    image2, corr2 = g(z_s, z_t, noise="const")
+    assert torch.allclose(image, image2) and torch.allclose(corr, corr2)
+    assert g.correspondence(w_s, size=(20, 12)).shape == (3, 2, 20, 12)
+
+
+def test_highres_blocks_upsample(tiny: ModelConfig) -> None:
+    cfg = dataclasses.replace(tiny, size=tiny.coord_size * 4, highres_channels=[8, 8])
+    g = Generator(**generator_kwargs(cfg))
+    assert g.n_latent == 1 + tiny.synthesis_layers + 2 * 2 + 1
+    image, corr = g(torch.randn(2, cfg.latent_dim), torch.randn(2, cfg.latent_dim), noise="none")
+    assert image.shape == (2, 3, cfg.size, cfg.size)
+    assert corr.shape == (2, 2, cfg.coord_size, cfg.coord_size)
+    nets = build_networks(cfg)
+    assert nets["encoder"].n_latent == g.n_latent
+    assert nets["discriminator"](image).shape == (2, 1)
+
+
+def test_same_seed_const_noise_gives_identical_images(tiny: ModelConfig) -> None:
+    cfg = dataclasses.replace(tiny, noise="const")
+    images = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        g = Generator(**generator_kwargs(cfg))
+        gen = torch.Generator().manual_seed(7)
+        z_s = torch.randn(2, cfg.latent_dim, generator=gen)
+        z_t = torch.randn(2, cfg.latent_dim, generator=gen)
+        with torch.no_grad():
+            images.append(g(z_s, z_t)[0])
+    assert torch.equal(images[0], images[1])
+    # The constant noise is part of the weights: a state-dict copy reproduces the image exactly.
+    g2 = Generator(**generator_kwargs(cfg))
+    g2.load_state_dict(g.state_dict())
+    with torch.no_grad():
+        assert torch.equal(g2(z_s, z_t)[0], images[0])
+        # Random noise differs between calls (and the noise layers do act once trained).
+        for layer in g.synthesis.convs:
+            layer.noise.weight.data.fill_(0.5)
+        a, b = g(z_s, z_t, noise="random")[0], g(z_s, z_t, noise="random")[0]
+        assert not torch.equal(a, b)
+        assert torch.equal(g(z_s, z_t, noise="none")[0], g(z_s, z_t, noise="none")[0])
+
+
+# DESIGN §2 paper figures (millions), ±3 %.
+PAPER = {"generator": 35.3, "synthesis": 30.5, "mapping_structure": 2.1, "mapping_texture": 2.1, "warp": 0.53,
+         "discriminator": 28.4, "patch_discriminator": 4.5, "encoder": 41.0}
+
+
+def test_parameter_counts_match_paper() -> None:
+    counts = parameter_counts(ModelConfig())
+    for name, millions in PAPER.items():
+        assert abs(counts[name] / 1e6 - millions) <= 0.03 * millions, (name, counts[name])
+    parts = counts["mapping_structure"] + counts["mapping_texture"] + counts["warp"] + counts["synthesis"]
+    assert counts["generator"] == parts
+    assert "backward" not in counts
+    with_b = parameter_counts(dataclasses.replace(ModelConfig(), backward_mlp=True))
+    assert with_b["backward"] == counts["warp"] and with_b["generator"] == parts + counts["warp"]
+
+
+def test_parameter_counts_equal_real_modules(tiny: ModelConfig) -> None:
+    nets = build_networks(tiny)
+    counts = parameter_counts(tiny)
+    for name, net in nets.items():
+        assert counts[name] == sum(p.numel() for p in net.parameters())
+
+
+def test_canonical_grid_orientation() -> None:
+    grid = canonical_grid(3, 4)
+    assert grid.shape == (12, 2)
+    assert grid[0].tolist() == [-1.0, -1.0]  # top-left
+    assert grid[3].tolist() == [1.0, -1.0]  # top-right: x runs across columns
+    assert grid[-1].tolist() == [1.0, 1.0]  # bottom-right: y runs down rows
+    m = canonical_grid_map(3, 4)
+    assert m.shape == (1, 2, 3, 4)
+    assert torch.equal(m[0, 0, 0], torch.linspace(-1, 1, 4)) and torch.equal(m[0, 1, :, 0], torch.linspace(-1, 1, 3))
+
+
+def test_warp_mlp_on_a_finer_grid_matches_bilinear_upsampling() -> None:
+    torch.manual_seed(0)
+    warp = CoordinateWarp(latent_dim=16, hidden=64, n_layers=3)
+    with torch.no_grad():
+        # A smooth warp: small weights keep the piecewise-linear MLP gentle (few kinks per cell).
+        for p in warp.parameters():
+            p.mul_(0.5)
+        w = torch.randn(2, 16)
+        coarse = warp(w, 128)
+        fine = warp(w, 512)
+    assert fine.shape == (2, 2, 512, 512)
+    upsampled = F.interpolate(coarse, size=(512, 512), mode="bilinear", align_corners=True)
+    err = (fine - upsampled).abs()
+    assert err.max() < 2e-3 and err.mean() < 1e-4
+    # Grid positions shared by both grids (every 511/127-th …) agree exactly at the corners.
+    assert torch.allclose(fine[..., 0, 0], coarse[..., 0, 0]) and torch.allclose(fine[..., -1, -1], coarse[..., -1, -1])
+
+
+def test_warp_chunking_does_not_change_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    import coordgan_cli.models.warp as warp_mod
+
+    torch.manual_seed(0)
+    warp = CoordinateWarp(latent_dim=8, hidden=16, n_layers=3)
+    w = torch.randn(2, 8)
+    whole = warp(w, 40)
+    monkeypatch.setattr(warp_mod, "_CHUNK_ELEMENTS", 16)  # forces 1024-point chunks
+    assert torch.allclose(warp(w, 40), whole, atol=1e-6)
+
+
+def _reference_modulated_conv(conv: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Straightforward StyleGAN2 definition: one modulated (and demodulated) weight per sample."""
+    outs = []
+    s = conv.modulation(style)
+    for i in range(x.shape[0]):
+        weight = conv.weight * conv.scale * s[i][None, :, None, None]
+        if conv.demodulate:
+            weight = weight / torch.sqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
+        xi = x[i : i + 1]
+        if conv.upsample:
+            out = F.conv_transpose2d(xi, weight.transpose(0, 1), stride=2)
+            k = make_kernel([1, 3, 3, 1]) * 4
+            out = blur(out, k, (1, 1))
+        else:
+            out = F.conv2d(xi, weight, padding=conv.kernel_size // 2)
+        outs.append(out)
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("upsample,demodulate,k", [(False, True, 3), (True, True, 3), (False, False, 1)])
+def test_modulated_conv_matches_per_sample_reference(upsample: bool, demodulate: bool, k: int, device: torch.device) -> None:
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(5, 7, k, style_dim=6, demodulate=demodulate, upsample=upsample).to(device)
+    with torch.no_grad():
+        conv.modulation.weight.mul_(3)  # styles far from 1 so modulation matters
+    x = torch.randn(3, 5, 8, 8, device=device)
+    style = torch.randn(3, 6, device=device)
+    out = conv(x, style)
+    ref = _reference_modulated_conv(conv, x, style)
+    assert out.shape == ref.shape == (3, 7, 16 if upsample else 8, 16 if upsample else 8)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_upsample_keeps_constants_and_doubles_size() -> None:
+    x = torch.full((1, 2, 6, 6), 3.0)
+    y = Upsample()(x)
+    assert y.shape == (1, 2, 12, 12)
+    assert torch.allclose(y[..., 2:-2, 2:-2], torch.full_like(y[..., 2:-2, 2:-2], 3.0))
+
+
+def test_encoder_resizes_other_image_sizes(tiny: ModelConfig) -> None:
+    enc = build_networks(tiny)["encoder"]
+    w_s, w_plus = enc(torch.randn(2, 3, tiny.size * 2, tiny.size * 2))
+    assert w_s.shape == (2, tiny.latent_dim)
+    assert torch.allclose(enc.encode_structure(torch.zeros(1, 3, tiny.size, tiny.size)),
+                          enc(torch.zeros(1, 3, tiny.size, tiny.size))[0])
+
+
+def test_backward_mlp(tiny: ModelConfig) -> None:
+    g = Generator(**{**generator_kwargs(tiny), "backward_mlp": True})
+    w_s = g.map_structure(torch.randn(2, tiny.latent_dim))
+    corr = g.correspondence(w_s)
+    assert g.canonical_estimate(corr, w_s).shape == corr.shape
+    with pytest.raises(RuntimeError):
+        Generator(**generator_kwargs(tiny)).canonical_estimate(corr, w_s)
+
+
+def test_minibatch_stddev_odd_batch(tiny: ModelConfig) -> None:
+    d = build_networks(tiny)["discriminator"]
+    assert d(torch.randn(3, 3, tiny.size, tiny.size)).shape == (3, 1)
+    assert math.isfinite(d(torch.randn(1, 3, tiny.size, tiny.size)).item())
