@@ -128,6 +128,17 @@ class MatcherConfig:
     contrastive_tau: float = _f(0.07, "temperature of the contrastive loss", lo=0.0, lo_open=True)
     samples: int = _f(256, "positions sampled per image pair", lo=2)
     projection: bool = _f(True, "2-layer 256-unit projection head")
+    width: int = _f(32, "stem width of the feature extractor (stage i: min(width*2^i, 8*width))", lo=1)
+    depth: int = _f(3, "stride-2 stages of the feature extractor (receptive field)", lo=0)
+    k: int = _f(128, "reference positions kept per query pixel in the chunked top-k correlation", lo=1)
+    patch: bool = _f(False, "normalise 3x3 feature patches (CoCosNet option) before correlating")
+    steps: int = _f(2000, "matcher training steps", lo=1)
+    batch: int = _f(4, "image pairs per training step", lo=1)
+    lr: float = _f(0.001, "Adam learning rate of the matcher", lo=0.0, lo_open=True)
+    betas: list[float] = _f([0.9, 0.999], "Adam betas of the matcher")
+    max_dist: float = _f(1.0, "a positive's canonical coordinates may differ by at most this many map pixels", lo=0.0)
+    background_negatives: int = _f(64, "background pixels of B added as extra negatives per pair", lo=0)
+    jitter: float = _f(0.2, "random brightness/contrast jitter per training image (0 = off)", lo=0.0)
 
 
 @dataclass(frozen=True)

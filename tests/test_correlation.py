@@ -66,6 +66,10 @@ def test_chunked_with_full_k_equals_dense(device, patch, chunk_elements):
     assert torch.allclose(chunked.confidence, dense.confidence, atol=1e-5)
     # Warped one-hot labels are a distribution at every pixel.
     assert torch.allclose(dense.probabilities.sum(0), torch.ones(9, 11, device=device), atol=1e-5)
+    exact = correlation_chunked(q, r, onehot, tau=0.05, k=None, ref_image=image, patch=patch,
+                                chunk_elements=chunk_elements)
+    assert torch.allclose(exact.probabilities, dense.probabilities, atol=1e-5)
+    assert torch.allclose(exact.image, dense.image, atol=1e-5)
 
 
 def test_dense_matches_explicit_softmax_formula(device):
@@ -292,3 +296,12 @@ def test_sample_positive_pairs_drops_far_pairs_and_is_deterministic():
     # within max_dist; every other point is at least one pixel step (2/7) away and is dropped.
     assert len(a1) == 8
     assert ((a1 % 8) == 0).all() and ((b1 % 8) == 3).all()
+
+
+def test_margin_loss_extra_negatives_are_columns(device):
+    g = torch.Generator().manual_seed(2)
+    a, b, extra = (torch.randn(4, 3, generator=g).to(device) for _ in range(3))
+    loss = marginal_contrastive_loss(a, b, margin=0.0, tau=0.2, negatives=extra)
+    an = F.normalize(a, dim=1)
+    logits = an @ torch.cat([F.normalize(b, dim=1), F.normalize(extra, dim=1)]).t() / 0.2
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4, device=device)).item(), rel=1e-5)

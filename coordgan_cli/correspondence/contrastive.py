@@ -8,6 +8,7 @@ same semantic point, hence positives; the other sampled positions are negatives.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from scipy.spatial import cKDTree
 
 
 def marginal_contrastive_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, *, margin: float = 0.25,
-                              tau: float = 0.07) -> torch.Tensor:
+                              tau: float = 0.07, negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
     """InfoNCE with an additive angular margin on the positive (ArcFace-style), mean over rows.
 
     feat_a, feat_b: (N, D); row i of A and row i of B are a positive pair, every other row of B
@@ -26,6 +27,8 @@ def marginal_contrastive_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, *, mar
     from the negatives by at least m in angle. cos(θ + m) decreases only while θ + m ≤ π; beyond
     that (a positive pointing almost opposite) the usual monotone extension
     cos θ − m·sin(π − m) is used so the loss still pushes the pair together.
+    ``negatives``: optional (M, D) extra candidates for every row (e.g. background pixels of B,
+    which have no positive of their own), appended as further columns.
     Returns a scalar tensor.
     """
     if feat_a.dim() != 2 or feat_a.shape != feat_b.shape:
@@ -41,6 +44,8 @@ def marginal_contrastive_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, *, mar
     n = cosine.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=cosine.device)
     logits = torch.where(eye, torch.diag_embed(shifted), cosine) / tau
+    if negatives is not None and negatives.shape[0] > 0:
+        logits = torch.cat([logits, (a @ F.normalize(negatives, dim=1).t()) / tau], dim=1)
     return F.cross_entropy(logits, torch.arange(n, device=cosine.device))
 
 
