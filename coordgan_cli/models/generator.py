@@ -85,9 +85,12 @@ class SynthesisNetwork(nn.Module):
         self.n_latent = len(self.convs) + 1
         # Constant noise, one map per StyledConv: part of the state dict, so a checkpoint carries it
         # and `noise = "const"` gives identical images for identical codes on any machine.
+        # Drawn on the CPU (the same numbers everywhere), then placed on the device being built on.
         gen = torch.Generator(device="cpu").manual_seed(_CONST_NOISE_SEED)
+        target = torch.get_default_device()
         for k, r in enumerate(self.noise_sizes):
-            self.register_buffer(f"noise_{k}", torch.randn(1, 1, r, r, generator=gen, device="cpu"))
+            noise = torch.randn(1, 1, r, r, generator=gen, device="cpu")
+            self.register_buffer(f"noise_{k}", noise.to(target))
 
     def const_noise(self) -> list[torch.Tensor]:
         return [getattr(self, f"noise_{k}") for k in range(len(self.convs))]
