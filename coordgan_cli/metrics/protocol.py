@@ -1,0 +1,238 @@
+"""The label-propagation evaluation protocols of ``coordgan evaluate`` (DESIGN §4).
+
+``paper`` — the CoordGAN paper's protocol, reproduced exactly:
+  images and masks at 128 × 128 (masks as soft one-hot maps, area-averaged when shrinking,
+  bilinear when enlarging; the query's truth is the arg-max of its soft map), both
+  correspondence maps at 128 × 128 (bilinear resampling of stored maps of another size), each
+  query pixel takes the soft vote softmax(−‖c_q − c_r‖ / τ), τ = 0.01, of the reference's soft
+  labels over all reference pixels (exact kNN vote core), scored per reference with ΣI/ΣU
+  (``metrics.iou``) and averaged over references.
+
+``fullres`` — ours: every query at its mask's native size, every reference mask at its native
+  size, all references fused in one vote (``correspondence.vote.propagate_map``).
+
+Correspondence maps come from a ``MapSource`` (a store, or a model); everything else is arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from coordgan_cli.data.benchmarks import Benchmark, Sample
+from coordgan_cli.metrics.iou import IGNORE, IoUAccumulator, IoUResult, summarize
+
+PAPER_SIZE = 128
+PAPER_TAU = 0.01
+
+
+class MapSource(Protocol):
+    """Gives correspondence maps of benchmark samples."""
+
+    def map(self, sample: Sample, size: tuple[int, int]) -> np.ndarray:
+        """(2, H, W) float32 map of ``sample`` at ``size`` = (H, W)."""
+
+    def valid(self, sample: Sample, size: tuple[int, int]) -> Optional[np.ndarray]:
+        """(H, W) bool pixels whose coordinate means something, or None."""
+
+
+def resize_map(correspondence_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (align_corners=False) resampling of a (2, h, w) map to (2, H, W) float32."""
+    cmap = np.asarray(correspondence_map, dtype=np.float32)
+    if tuple(cmap.shape[1:]) == tuple(size):
+        return cmap
+    t = torch.from_numpy(np.ascontiguousarray(cmap))[None]
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def soft_one_hot(mask: np.ndarray, num_classes: int, size: tuple[int, int]) -> np.ndarray:
+    """A (H, W) id mask as a (C + 1, H', W') soft one-hot map at ``size``.
+
+    Channel C collects ignore (255) pixels. Shrinking averages areas; enlarging is bilinear.
+    """
+    mask = np.asarray(mask)
+    ids = np.where(mask == IGNORE, num_classes, np.minimum(mask, num_classes)).astype(np.int64)
+    onehot = np.eye(num_classes + 1, dtype=np.float32)[ids].transpose(2, 0, 1)
+    t = torch.from_numpy(np.ascontiguousarray(onehot))[None]
+    h, w = mask.shape
+    if (h, w) == tuple(size):
+        return onehot
+    if size[0] <= h and size[1] <= w:
+        out = F.interpolate(t, size=tuple(size), mode="area")
+    else:
+        out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def hard_labels(soft: np.ndarray) -> np.ndarray:
+    """Arg-max of a (C + 1, H, W) soft map → (H, W) uint8 ids, the ignore channel → 255."""
+    num_classes = soft.shape[0] - 1
+    labels = soft.argmax(axis=0)
+    return np.where(labels == num_classes, IGNORE, labels).astype(np.uint8)
+
+
+def resize_labels_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a (h, w) id map to ``size`` (H, W)."""
+    if mask.shape == tuple(size):
+        return mask
+    t = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))[None, None].float()
+    return F.interpolate(t, size=tuple(size), mode="nearest")[0, 0].numpy().astype(np.uint8)
+
+
+@dataclass
+class ProtocolResult:
+    """IoU of the evaluated maps and of the baselines computed alongside."""
+
+    protocol: str
+    maps: IoUResult
+    baselines: dict[str, IoUResult] = field(default_factory=dict)
+    size: Optional[int] = None
+
+
+def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
+                 tau: float, mode: str) -> np.ndarray:
+    """Vote over (ref_coords (Nr, 2), ref_labels (Nr,) or (Nr, C)) → (H, W) uint8 labels."""
+    from coordgan_cli.correspondence.vote import vote
+
+    _, h, w = query_map.shape
+    query = query_map.reshape(2, -1).T
+    result = vote(query, references, num_classes, tau=tau, mode=mode)
+    return np.asarray(result.labels).reshape(h, w).astype(np.uint8)
+
+
+def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
+              size: int = PAPER_SIZE, extra_baselines: Optional[dict[str, Callable]] = None,
+              progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
+    """The paper protocol (see module docstring). ``progress(n)`` is called after each query."""
+    c = bench.num_classes
+    hw = (size, size)
+    refs = []
+    for r in bench.references:
+        soft = soft_one_hot(bench.read_mask(r), c, hw)
+        cmap = source.map(r, hw)
+        coords = cmap.reshape(2, -1).T
+        # Soft labels for the vote (ignore mass dropped: it votes for no class).
+        labels = soft[:c].reshape(c, -1).T
+        refs.append((r.name, coords, labels, hard_labels(soft)))
+    acc = {name: IoUAccumulator(c) for name, *_ in refs}
+    identity = {name: IoUAccumulator(c) for name, *_ in refs}
+    extra = {k: {name: IoUAccumulator(c) for name, *_ in refs} for k in (extra_baselines or {})}
+    for q in bench.queries:
+        truth = hard_labels(soft_one_hot(bench.read_mask(q), c, hw))
+        qmap = source.map(q, hw)
+        for name, coords, labels, ref_hard in refs:
+            pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode)
+            acc[name].update(pred, truth)
+            identity[name].update(ref_hard, truth)
+        for key, fn in (extra_baselines or {}).items():
+            for (name, _coords, labels, _hard), r in zip(refs, bench.references):
+                extra[key][name].update(fn(r, q, labels, hw), truth)
+        if progress is not None:
+            progress(1)
+    baselines = {"identity": summarize(identity, c, bench.exclude)}
+    for key, accs in extra.items():
+        baselines[key] = summarize(accs, c, bench.exclude)
+    return ProtocolResult("paper", summarize(acc, c, bench.exclude), baselines, size)
+
+
+def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
+                progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
+    """Native resolution, all references fused into one vote; scored as one fused reference."""
+    from coordgan_cli.correspondence.vote import propagate_map
+
+    c = bench.num_classes
+    refs = []
+    for r in bench.references:
+        mask = bench.read_mask(r)
+        refs.append((source.map(r, mask.shape), mask))
+    fused_name = "fused: " + ", ".join(r.name for r in bench.references)
+    acc = IoUAccumulator(c)
+    identity = IoUAccumulator(c)
+    for q in bench.queries:
+        truth = bench.read_mask(q)
+        qmap = source.map(q, truth.shape)
+        labels, _confidence, _distance = propagate_map(qmap, refs, c, tau=tau, mode=mode)
+        acc.update(np.asarray(labels), truth)
+        # Identity baseline: each reference mask resized to the query, majority over references.
+        counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
+        for _m, mask in refs:
+            resized = resize_labels_nearest(mask, truth.shape)
+            ids = np.where(resized == IGNORE, c, np.minimum(resized, c))
+            np.add.at(counts, (ids,) + tuple(np.indices(truth.shape)), 1)
+        pred = counts.argmax(axis=0)
+        identity.update(np.where(pred == c, IGNORE, pred).astype(np.uint8), truth)
+        if progress is not None:
+            progress(1)
+    return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude),
+                          {"identity": summarize({fused_name: identity}, c, bench.exclude)})
+
+
+# --------------------------------------------------------------------------------------------
+# Correspondence accuracy on synthetic data (known truth)
+
+
+def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: MapSource,
+                            keypoints: Optional[dict[str, np.ndarray]],
+                            image_sizes: Callable[[Sample], tuple[int, int]],
+                            truth_size: Callable[[Sample], tuple[int, int]]) -> dict:
+    """PCK of transferred keypoints and end-point error against the ground-truth store.
+
+    Args:
+        keypoints: image name → (K, 3) array of (x, y, visibility) in that image's pixels, or None.
+        image_sizes: sample → (H, W) of its image (the keypoints' frame).
+        truth_size: sample → (H, W) of its ground-truth map.
+
+    Returns:
+        {"pck": {"0.05": …, "0.1": …} | None, "pck_pairs", "pck_keypoints", "epe": {…}}.
+    """
+    from coordgan_cli.metrics.keypoints import end_point_error, pck, pooled_pck, transfer_keypoints
+
+    out: dict = {}
+    if keypoints is not None:
+        vmax = max((float(k[:, 2].max()) for k in keypoints.values() if len(k)), default=0.0)
+        counts, pairs = [], 0
+        for r in bench.references:
+            if r.name not in keypoints:
+                continue
+            rsize = image_sizes(r)
+            rmap = source.map(r, rsize)
+            rkp = keypoints[r.name]
+            for q in bench.queries:
+                if q.name not in keypoints:
+                    continue
+                qkp = keypoints[q.name]
+                if len(qkp) != len(rkp):
+                    continue
+                qsize = image_sizes(q)
+                qmap = source.map(q, qsize)
+                visible = (rkp[:, 2] >= vmax) & (qkp[:, 2] >= vmax) & (vmax > 0)
+                if not visible.any():
+                    continue
+                moved, _dist = transfer_keypoints(rmap, qmap, rkp[:, :2], query_valid=source.valid(q, qsize))
+                counts.append(pck(moved, qkp[:, :2], qsize, (0.05, 0.1), mask=visible))
+                pairs += 1
+        out["pck"] = pooled_pck(counts) if counts else None
+        out["pck_pairs"] = pairs
+        out["pck_keypoints"] = int(sum(c[0.05][1] for c in counts))
+    canonical = pixels = 0.0
+    count = 0
+    for q in bench.queries:
+        tsize = truth_size(q)
+        true_map = truth_maps.map(q, tsize)
+        valid = truth_maps.valid(q, tsize)
+        e_can, e_pix, n = end_point_error(source.map(q, tsize), true_map, valid)
+        canonical += e_can
+        pixels += e_pix
+        count += n
+    out["epe"] = {
+        "canonical": canonical / count if count else None,
+        "pixels": pixels / count if count else None,
+        "pixels_counted": count,
+        "definition": "mean over valid query pixels of the distance between predicted and true canonical "
+                      "coordinates; pixels = per-axis × (size − 1)/2",
+    }
+    return out
