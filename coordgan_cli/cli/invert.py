@@ -1,0 +1,157 @@
+"""``coordgan invert CKPT INPUT --out maps.h5``: correspondence maps of real images into an HDF5 store.
+
+Also ``coordgan invert --merge a.h5 b.h5 … --out all.h5`` to join shards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from coordgan_cli.cli._common import get_state, info, make_progress, print_json, warn
+from coordgan_cli.errors import UserError
+
+HELP = """Correspondence maps of real images (structure path: encoder + warp MLP, never the generator)
+into the shared HDF5 store (source = "model"; row names = paths relative to INPUT, POSIX).
+
+\b
+INPUT is a folder (recursive, sorted), a text file of image paths (relative to the file), or -
+for paths on stdin (relative to the working folder).
+\b
+Resumable: rerun the same command after an interruption (even kill -9); finished names are
+skipped and the result equals an uninterrupted run.
+\b
+Several processes / machines:
+  coordgan invert CKPT DIR --out part0.h5 --shard 0/2      (every 2nd image from the 1st)
+  coordgan invert CKPT DIR --out part1.h5 --shard 1/2
+  coordgan invert --merge part0.h5 part1.h5 --out maps.h5  (rows sorted by name)
+or on one machine: torchrun --nproc_per_node=N -m coordgan_cli invert CKPT DIR --out maps.h5
+(each rank writes maps.rank{r}.h5, then rank 0 merges them into maps.h5).
+"""
+
+
+def invert_command(
+    ctx: typer.Context,
+    args: Optional[List[str]] = typer.Argument(None, metavar="CKPT INPUT | STORES...",
+                                               help="An encoder checkpoint and the images; with --merge, the stores to join."),
+    out: Path = typer.Option(..., "--out", help="The store to write (.h5); resumed if it exists."),
+    size: Optional[str] = typer.Option(None, "--size", help="Map size N (or HxW); default: the model's canonical size."),
+    full: bool = typer.Option(False, "--full", help="Also store structure/texture codes and write reconstructions to <out>_reconstructions/."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: take every n-th input image starting at i (0-based)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write thumbnail + colour-coded map PNGs (x red, y green) here."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image (default: skip and record it)."),
+    dtype: str = typer.Option("float16", "--dtype", help="float16 (half the disk) or float32 maps."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Image-decoding threads."),
+    merge: bool = typer.Option(False, "--merge", help="Join the given shard stores into --out instead of inverting."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    state = get_state(ctx)
+    args = list(args or [])
+    if merge:
+        _merge(args, out, state, as_json)
+        return
+    if len(args) != 2:
+        raise UserError("invert needs CKPT and INPUT (or --merge STORES... --out OUT); see coordgan invert --help")
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"--dtype {dtype!r}: use float16 or float32")
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UserError(f"--out {out}: the store must be an .h5 file")
+    ckpt, source = Path(args[0]), args[1]
+
+    from coordgan_cli.inference import load_correspondence_model
+    from coordgan_cli.inversion import invert_to_store, parse_shard, parse_size
+    from coordgan_cli.io.images import read_path_list
+
+    shard_spec = parse_shard(shard) if shard else None
+    device = state.torch_device()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and shard_spec is not None:
+        raise UserError("--shard cannot be combined with torchrun (each rank already takes its own shard)")
+    if world > 1:
+        from coordgan_cli.training.distributed import setup, teardown
+    else:
+        setup, teardown = _single_process, lambda d: None
+    dist = setup(device)
+    try:
+        model = load_correspondence_model(ckpt, dist.device)
+        root, paths = read_path_list(source)
+        map_size = parse_size(size, model.map_size)
+        target = out
+        if dist.active:
+            shard_spec = (dist.rank, dist.world_size)
+            target = out.with_name(f"{out.stem}.rank{dist.rank}{out.suffix}")
+        quiet = state.quiet or not dist.is_main
+        if not quiet:
+            info(f"invert: {len(paths)} input(s) → {out} at {map_size[0]}×{map_size[1]}"
+                 f"{' (full: codes + reconstructions)' if full else ' (structure path)'} on {dist.device}", state)
+        with make_progress(state if not quiet else type(state)(quiet=True)) as progress:
+            task = progress.add_task("invert", total=None, rate="")
+            t0 = time.perf_counter()
+            def on_progress(advance: int, written: int) -> None:
+                rate = written / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=advance, rate=f"{rate:.1f} images/s")
+
+            def on_skip(entry: dict) -> None:
+                if not quiet:
+                    warn(f"skipped {entry['path']}: {entry['reason']}")
+
+            summary = invert_to_store(
+                model, paths, root, target, size=map_size, full=full, batch_size=batch_size, shard=shard_spec,
+                preview=preview, strict=strict, dtype=dtype, workers=workers,
+                on_total=lambda n: progress.update(task, total=n), progress=on_progress, on_skip=on_skip,
+            )
+        result = summary.to_json()
+        if dist.active:
+            dist.barrier()
+            if dist.is_main:
+                from coordgan_cli.inversion import merge_stores, sidecar_path
+
+                parts = [out.with_name(f"{out.stem}.rank{r}{out.suffix}") for r in range(dist.world_size)]
+                result["rows"] = merge_stores(parts, out)
+                for p in parts:
+                    p.unlink(missing_ok=True)
+                    sidecar_path(p).unlink(missing_ok=True)
+                result["out"] = str(out)
+                result["ranks"] = dist.world_size
+            dist.barrier()
+    finally:
+        teardown(dist)
+    if not dist.is_main:
+        return
+    if as_json:
+        print_json(result)
+    else:
+        info(f"invert: wrote {result['count']} map(s) in {result['seconds']:.1f} s "
+             f"({result['images_per_second'] or 0:.1f} images/s); {result['rows']} row(s) in {out}"
+             + (f"; {result['already_done']} already done" if result["already_done"] else "")
+             + (f"; {len(result['skipped'])} skipped (listed in {out.stem}.skipped.json)" if result["skipped"] else ""),
+             state)
+
+
+def _single_process(device):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(rank=0, world_size=1, device=device, active=False, is_main=True, barrier=lambda: None)
+
+
+def _merge(args: list[str], out: Path, state, as_json: bool) -> None:
+    from coordgan_cli.inversion import merge_stores
+
+    if not args:
+        raise UserError("--merge needs the shard stores to join: coordgan invert --merge a.h5 b.h5 --out all.h5")
+    t0 = time.perf_counter()
+    rows = merge_stores([Path(a) for a in args], out)
+    seconds = time.perf_counter() - t0
+    if as_json:
+        print_json({"out": str(out), "rows": rows, "sources": args, "seconds": round(seconds, 3)})
+    else:
+        info(f"merged {len(args)} store(s) into {out}: {rows} row(s)", state)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("invert", help=HELP)(invert_command)
