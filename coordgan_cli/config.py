@@ -76,6 +76,9 @@ class LossConfig:
     chamfer: float = _f(100.0, "lambda_cham (supplement 100; reference code 200)", lo=0.0)
     warp: float = _f(5.0, "lambda_warp", lo=0.0)
     warp_tau: float = _f(0.01, "softmax temperature of the warp loss", lo=0.0, lo_open=True)
+    warp_distance: Literal["squared", "euclidean"] = _f(
+        "squared", "warp-loss softmax over -dist/tau: squared (attention form, fused kernels) or euclidean (chunked)"
+    )
     texture_swap: float = _f(5.0, "lambda_t", lo=0.0)
     structure_swap: float = _f(1.0, "lambda_s", lo=0.0)
     backward: float = _f(1.0, "weight of the backward-MLP L1 loss (CoordGAN-B)", lo=0.0)
@@ -97,6 +100,7 @@ class OptimConfig:
     betas: list[float] = _f([0.0, 0.99], "Adam betas")
     batch: int = _f(16, "global batch size (even: images are paired)", lo=2)
     ema_kimg: float = _f(10.0, "EMA half-life in thousands of images", lo=0.0)
+    accumulate: int = _f(1, "micro-batches per process and step (less memory; gradients summed, same update)", lo=1)
 
 
 @dataclass(frozen=True)

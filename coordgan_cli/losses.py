@@ -77,16 +77,20 @@ def canonical_grid(height: int, width: int, *, device=None, dtype=torch.float32)
 
 
 def _nearest_index(src: torch.Tensor, dst: torch.Tensor, chunk: int) -> torch.Tensor:
-    """For each point of ``src`` (N, D), the index of its nearest point in ``dst`` (M, D); no grad.
+    """For each point of ``src`` (B, N, D), the index of its nearest point in ``dst`` (B, M, D); no grad.
 
-    Chunked over ``src`` so memory stays O(chunk × M).
+    Chunked over N so memory stays O(B × chunk × M). Squared distances by the expansion
+    ‖a‖² − 2a·b + ‖b‖² (one matrix product); only the argmin is used, the loss itself is
+    recomputed exactly from the chosen pairs.
     """
     out = []
     with torch.no_grad():
-        for start in range(0, src.shape[0], chunk):
-            d = torch.cdist(src[start:start + chunk], dst)
-            out.append(d.argmin(dim=1))
-    return torch.cat(out)
+        dst_sq = dst.pow(2).sum(-1).unsqueeze(1)  # (B, 1, M)
+        for start in range(0, src.shape[1], chunk):
+            part = src[:, start:start + chunk]
+            d = dst_sq - 2 * part @ dst.transpose(1, 2)  # ‖a‖² is constant per row: argmin unchanged
+            out.append(d.argmin(dim=2))
+    return torch.cat(out, dim=1)
 
 
 def chamfer_loss(warped: torch.Tensor, canonical: torch.Tensor, *, chunk: int = 2048) -> torch.Tensor:
@@ -104,14 +108,13 @@ def chamfer_loss(warped: torch.Tensor, canonical: torch.Tensor, *, chunk: int = 
     b = warped.shape[0]
     points = warped.flatten(2).transpose(1, 2)  # (B, HW, 2)
     grid = canonical.flatten(1).t() if canonical.dim() == 3 else canonical
-    grid = grid.to(points)
-    total = points.new_zeros(())
-    for i in range(b):
-        p = points[i]
-        to_grid = grid[_nearest_index(p.detach(), grid, chunk)]
-        to_points = p[_nearest_index(grid, p.detach(), chunk)]
-        total = total + (p - to_grid).pow(2).sum(1).mean() + (grid - to_points).pow(2).sum(1).mean()
-    return total / b
+    grid = grid.to(points).unsqueeze(0).expand(b, -1, -1)  # (B, N, 2)
+    detached = points.detach()
+    to_grid = torch.gather(grid, 1, _nearest_index(detached, grid, chunk).unsqueeze(-1).expand(-1, -1, 2))
+    to_points = torch.gather(points, 1, _nearest_index(grid, detached, chunk).unsqueeze(-1).expand(-1, -1, 2))
+    forward = (points - to_grid).pow(2).sum(-1).mean(1)
+    backward = (grid - to_points).pow(2).sum(-1).mean(1)
+    return (forward + backward).mean()
 
 
 def chamfer_loss_dense(warped: torch.Tensor, canonical: torch.Tensor) -> torch.Tensor:

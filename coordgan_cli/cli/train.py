@@ -1,0 +1,138 @@
+"""``coordgan train`` and ``coordgan finetune``: the generator stage (DESIGN §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from coordgan_cli.cli._common import AppState, get_state, info, make_progress, warn
+from coordgan_cli.config import Recipe, load_recipe
+
+MAIN_LOSSES = ("d", "g_adv", "chamfer", "warp", "texture_swap", "structure_swap")
+_SHORT = {"d": "D", "g_adv": "G", "chamfer": "cham", "warp": "warp", "texture_swap": "tex", "structure_swap": "struct"}
+
+
+class RichReporter:
+    """Progress bar on stderr: step n/total, it/s, ETA and the main losses (rank 0 only)."""
+
+    def __init__(self, state: AppState, enabled: bool = True) -> None:
+        self.state = state
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+        self._t0 = 0.0
+        self._first = 0
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if text.startswith("warning: "):
+            warn(text[len("warning: "):])
+        else:
+            info(escape(text), self.state)
+
+    def start(self, first_step: int, target: int) -> None:
+        if not self.enabled or first_step >= target:
+            return
+        self.progress = make_progress(self.state)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=target, completed=first_step, rate="")
+        self._t0, self._first = time.perf_counter(), first_step
+
+    def step(self, step: int, logs: dict[str, float]) -> None:
+        if self.progress is None:
+            return
+        its = (step - self._first) / max(time.perf_counter() - self._t0, 1e-9)
+        losses = "  ".join(f"{_SHORT[k]} {logs[k]:.3g}" for k in MAIN_LOSSES if k in logs)
+        self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {losses}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _resolve(recipe_path: Path, overrides: list[str], data: Optional[Path]) -> Recipe:
+    recipe = load_recipe(recipe_path, overrides)
+    if data is not None:
+        recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=str(data)))
+    return recipe
+
+
+def _run(ctx: typer.Context, recipe: Recipe, out: Optional[Path], max_steps: Optional[int], dry_run: bool,
+         finetune=None) -> None:
+    import os
+
+    from coordgan_cli.training.loop import TrainOptions, train
+    from coordgan_cli.training.run_dir import recipe_to_toml
+
+    state = get_state(ctx)
+    if dry_run:
+        typer.echo(recipe_to_toml(recipe), nl=False)
+        return
+    if max_steps is not None and max_steps < 1:
+        from coordgan_cli.errors import UserError
+
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    run = Path(out) if out is not None else Path(recipe.output.dir)
+    rank = int(os.environ.get("RANK", "0"))
+    reporter = RichReporter(state, enabled=rank == 0)
+    options = TrainOptions(recipe=recipe, run=run, device=state.torch_device(), seed=state.seed,
+                           max_steps=max_steps, finetune=finetune)
+    summary = train(options, reporter)
+    if rank == 0:
+        info(f"step {summary['step']}: {summary['checkpoint']}", state)
+        if summary["skipped_files"]:
+            warn(f"{len(summary['skipped_files'])} unreadable image(s) were skipped (listed in the checkpoint)")
+
+
+def train_command(
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., help="Recipe TOML (see recipes/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: the recipe's output.dir). "
+                                       "An existing run resumes from its newest checkpoint."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training image folder (overrides data.path)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at total step N (with a checkpoint)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as TOML and stop."),
+) -> None:
+    """Train CoordGAN (generator, image and patch discriminators) on an image folder.
+
+    Multi-process: torchrun --nproc_per_node=N -m coordgan_cli train RECIPE (gloo on CPU, NCCL on GPUs).
+    """
+    _run(ctx, _resolve(recipe, set_, data), out, max_steps, dry_run)
+
+
+def finetune_command(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Argument(..., help="Checkpoint of a trained model (RUN/latest.pt)."),
+    recipe: Path = typer.Argument(..., help="Fine-tuning recipe (e.g. recipes/celebamask-hq-512.toml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory of the fine-tuning run (resumes if it exists)."),
+    new_domain: bool = typer.Option(False, "--new-domain", help="New domain: also freeze the first three image-"
+                                    "discriminator layers (FreezeD)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training image folder (overrides data.path)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at total step N (with a checkpoint)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as TOML and stop."),
+) -> None:
+    """Continue a trained model at a higher resolution (appended upsampling blocks) or on a new domain.
+
+    The structure mapping and warping networks are frozen; --new-domain also freezes the first three
+    layers of the image discriminator.
+    """
+    from coordgan_cli.errors import UserError
+    from coordgan_cli.training.loop import Finetune
+
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    _run(ctx, _resolve(recipe, set_, data), out, max_steps, dry_run, Finetune(checkpoint, new_domain))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("finetune")(finetune_command)

@@ -1,0 +1,309 @@
+"""The generator-stage training program: set-up, exact resume, and the loop itself.
+
+``train(options, reporter)`` builds (or resumes) a run and loops until the target step. The
+loop only decides *when*: step, log, sample, checkpoint, stop. What a step does lives in
+``generator_step``; where things are written lives in ``run_dir``.
+
+Exact resume: a checkpoint holds every network, the EMA generator, the optimiser states, the
+step and the RNG states; all the randomness of a step is drawn from generators seeded by
+(seed, step, chunk), and the data order is a function of (seed, position). A run resumed from
+step k therefore continues bit for bit as the uninterrupted run would (on CPU; on GPUs as far
+as the kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+
+from coordgan_cli.config import Recipe, recipe_from_dict
+from coordgan_cli.device import seed_everything
+from coordgan_cli.errors import UserError
+from coordgan_cli.io.checkpoint import (
+    capture_rng_state, checkpoint_recipe, file_sha256, load_checkpoint, load_state_strict, restore_rng_state,
+    save_checkpoint,
+)
+from coordgan_cli.models import (
+    Discriminator, Generator, PatchDiscriminator, discriminator_kwargs, generator_kwargs, patch_discriminator_kwargs,
+)
+from coordgan_cli.perceptual import build_perceptual
+from coordgan_cli.training import distributed
+from coordgan_cli.training.data import ImageFolderData
+from coordgan_cli.training.generator_step import (
+    _SAMPLES, StepContext, TrainState, build_train_state, check_batch_split, chunk_generator, non_finite, train_step,
+)
+from coordgan_cli.training.run_dir import RunDir
+from coordgan_cli.training.samples import sample_grid
+
+# Recipe fields that may change when a run is resumed (everything else must match).
+RESUMABLE_CHANGES = {"schedule", "data.path", "data.workers", "output.dir"}
+STRUCTURE_NETWORKS = ["generator.mapping_structure", "generator.warp", "generator.backward_mlp"]
+FREEZE_D_LAYERS = ["discriminator.convs.0.", "discriminator.convs.1.", "discriminator.convs.2."]
+SAMPLE_CODES = 4
+
+
+def build_gan(cfg) -> dict[str, torch.nn.Module]:
+    """The three networks the generator stage trains (no encoder), on the current default device."""
+    return {"generator": Generator(**generator_kwargs(cfg)), "discriminator": Discriminator(**discriminator_kwargs(cfg)),
+            "patch_discriminator": PatchDiscriminator(**patch_discriminator_kwargs(cfg))}
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=3)
+
+
+@dataclass
+class Finetune:
+    """Where a fine-tuning run starts and what it freezes."""
+
+    checkpoint: Path
+    new_domain: bool = False
+
+
+@dataclass
+class TrainOptions:
+    recipe: Recipe
+    run: Path
+    device: torch.device
+    seed: int = 0
+    max_steps: Optional[int] = None
+    finetune: Optional[Finetune] = None
+
+
+class Reporter(Protocol):
+    def message(self, text: str) -> None: ...
+    def start(self, first_step: int, target: int) -> None: ...
+    def step(self, step: int, logs: dict[str, float]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class SilentReporter:
+    def message(self, text: str) -> None:
+        pass
+
+    def start(self, first_step: int, target: int) -> None:
+        pass
+
+    def step(self, step: int, logs: dict[str, float]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
+    """Dotted keys whose values differ between two recipes (name ignored)."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for section, table in da.items():
+        if not isinstance(table, dict):
+            continue
+        out += [f"{section}.{k}" for k, v in table.items() if db[section].get(k) != v]
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: a fresh run, a resumed one, or a fine-tuning start
+
+
+def _payload(state: TrainState, recipe: Recipe, facts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "generator",
+        "step": state.step,
+        "config": recipe.to_json(),
+        "networks": {k: m.state_dict() for k, m in state.modules().items()},
+        "ema": {"generator": state.generator_ema.state_dict()},
+        "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
+        "rng": capture_rng_state(),
+        "extra": facts,
+    }
+
+
+def _load_finetune_start(networks: dict, recipe: Recipe, ft: Finetune, reporter: Reporter) -> list[str]:
+    """Copy a trained model into the (possibly larger) networks of ``recipe``; return what to freeze."""
+    data = load_checkpoint(ft.checkpoint)
+    if data.get("kind") != "generator":
+        raise UserError(f"{ft.checkpoint}: a {data.get('kind')} checkpoint; finetune needs one written by "
+                        "`coordgan train`")
+    old = checkpoint_recipe(data, ft.checkpoint)
+    new_m, old_m = dataclasses.asdict(recipe.model), dataclasses.asdict(old.model)
+    differ = [k for k in new_m if k not in ("size", "highres_channels") and new_m[k] != old_m[k]]
+    if differ:
+        raise UserError(f"{ft.checkpoint}: the checkpoint's model differs from the recipe's in "
+                        f"{', '.join('model.' + k for k in differ)}; fine-tuning keeps the trained architecture "
+                        "(only high-resolution blocks may be appended)")
+    old_hr, new_hr = list(old_m["highres_channels"]), list(new_m["highres_channels"])
+    if new_hr[: len(old_hr)] != old_hr:
+        raise UserError(f"{ft.checkpoint}: its high-resolution blocks {old_hr} are not a prefix of the recipe's "
+                        f"model.highres_channels {new_hr}")
+    g = networks["generator"]
+    state = data["networks"]["generator"]
+    own = g.state_dict()
+    bad = [k for k in state if k not in own or tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise UserError(f"{ft.checkpoint}: the generator weights belong to another architecture ({len(bad)} "
+                        f"tensor(s) do not fit, e.g. {bad[0]})")
+    source = data.get("ema", {}).get("generator", state)  # start from the smoothed weights
+    g.load_state_dict(source, strict=False)
+    for name in ("discriminator", "patch_discriminator"):
+        module, saved = networks[name], data["networks"].get(name)
+        if saved is not None and all(k in saved and saved[k].shape == v.shape for k, v in module.state_dict().items()) \
+                and len(saved) == len(module.state_dict()):
+            load_state_strict(module, saved, name, ft.checkpoint)
+        else:
+            reporter.message(f"{name}: new input size, trained from scratch")
+    frozen = list(STRUCTURE_NETWORKS)
+    if ft.new_domain:
+        frozen += FREEZE_D_LAYERS
+        if old_hr != new_hr:
+            reporter.message("note: --new-domain with new high-resolution blocks: the frozen discriminator layers "
+                             "are freshly initialised (FreezeD expects a discriminator trained at this size)")
+    return frozen
+
+
+def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Reporter):
+    """Build or resume the run: returns (recipe, state, facts, run_dir, resumed_from)."""
+    run = RunDir(options.run)
+    recipe = options.recipe
+    newest = run.newest_checkpoint()
+    device = dist.device
+    if newest is not None:
+        data = load_checkpoint(newest, map_location="cpu")
+        stored = checkpoint_recipe(data, newest)
+        fixed = [k for k in recipe_differences(stored, recipe) if not _resumable(k)]
+        if fixed:
+            raise UserError(f"{run.path}: this run was started with a different recipe ({', '.join(fixed)} differ); "
+                            "resume with the same recipe, or pass a new --out")
+        # The stored architecture and objective, with the new schedule / data location.
+        recipe = recipe_from_dict({**stored.to_dict(), "schedule": recipe.to_dict()["schedule"],
+                                   "data": recipe.to_dict()["data"], "output": recipe.to_dict()["output"],
+                                   "name": recipe.name}, source=str(newest))
+        facts = dict(data.get("extra", {}))
+        with torch.device(device):
+            networks = build_gan(recipe.model)
+        for name in ("generator", "discriminator", "patch_discriminator"):
+            load_state_strict(networks[name], data["networks"][name], name, newest)
+        state = build_train_state(recipe, networks, list(facts.get("frozen", [])))
+        load_state_strict(state.generator_ema, data["ema"]["generator"], "EMA generator", newest)
+        for name, opt in state.optimizers.items():
+            opt.load_state_dict(data["optimizers"][name])
+        state.step = int(data["step"])
+        if "rng" in data:
+            restore_rng_state(data["rng"])
+        if facts.get("seed") != options.seed and options.seed != 0:
+            reporter.message(f"resuming with the run's own seed {facts.get('seed')} (--seed {options.seed} ignored)")
+        return recipe, state, facts, run, newest
+
+    if run.path.exists() and any(p.name not in ("samples",) for p in run.path.iterdir()) \
+            and not (run.path / "config.json").is_file():
+        raise UserError(f"{run.path}: exists, is not empty and holds no coordgan run; choose another --out")
+    seed_everything(options.seed)  # initial weights are a function of the seed
+    with torch.device(device):
+        networks = build_gan(recipe.model)
+    facts: dict[str, Any] = {"seed": options.seed, "stage": "train", "frozen": []}
+    if options.finetune is not None:
+        frozen = _load_finetune_start(networks, recipe, options.finetune, reporter)
+        facts.update(stage="finetune-new-domain" if options.finetune.new_domain else "finetune",
+                     frozen=frozen, finetune_from=str(options.finetune.checkpoint),
+                     finetune_sha256=file_sha256(options.finetune.checkpoint))
+    state = build_train_state(recipe, networks, facts["frozen"])
+    if options.finetune is not None:
+        state.generator_ema.load_state_dict(state.generator.state_dict())
+    return recipe, state, facts, run, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(options: TrainOptions, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run (or resume) training to ``min(schedule.steps, max_steps)``; returns a summary dict."""
+    reporter = reporter or SilentReporter()
+    dist = distributed.setup(options.device)
+    try:
+        return _train(options, dist, reporter)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(options: TrainOptions, dist: distributed.Distributed, reporter: Reporter) -> dict[str, Any]:
+    check_batch_split(options.recipe, dist.world_size)
+    if dist.is_main:
+        RunDir(options.run).ensure_writable()
+    dist.barrier()
+    recipe, state, facts, run, resumed_from = prepare(options, dist, reporter)
+    seed = int(facts["seed"])
+    skipped: list[str] = list(facts.get("skipped_files", []))
+
+    def on_skip(path: Path, message: str) -> None:
+        skipped.append(str(path))
+        if dist.is_main:
+            reporter.message(f"warning: skipping unreadable image {message}")
+
+    data = ImageFolderData(recipe.data.path, recipe.model.size, seed=seed, hflip=recipe.data.hflip, on_skip=on_skip)
+    perceptual = build_perceptual(recipe.losses.perceptual, dist.device)
+    ctx = StepContext(recipe, seed, perceptual, dist, data.batch)
+    target = recipe.schedule.steps if options.max_steps is None else min(options.max_steps, recipe.schedule.steps)
+    sched = recipe.schedule
+    if dist.is_main:
+        run.write_config(recipe, facts)
+        run.truncate_metrics(state.step)
+        where = f"resuming from {resumed_from} at step {state.step}" if resumed_from else "new run"
+        reporter.message(f"{run.path}: {where}; {len(data)} training images in {data.root}; "
+                         f"{dist.world_size} process(es) on {dist.device}")
+    sample_gen = chunk_generator(seed, 0, 0, _SAMPLES, torch.device("cpu"))
+    sample_codes = torch.randn(2, SAMPLE_CODES, state.generator.latent_dim, generator=sample_gen).to(dist.device)
+
+    def save() -> None:
+        facts["skipped_files"] = sorted(set(skipped))
+        if dist.is_main:
+            path = save_checkpoint(run.checkpoint_path(state.step), _payload(state, recipe, facts))
+            run.commit_checkpoint(path, sched.keep_checkpoints)
+        dist.barrier()
+
+    reporter.start(state.step, target)
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    try:
+        while state.step < target:
+            logs = dist.average_scalars(train_step(state, ctx))
+            bad = non_finite(logs)
+            if bad is not None:
+                last = run.newest_checkpoint()
+                raise TrainingDiverged(
+                    f"loss {bad} became {logs[bad]} at step {state.step}; stopped without saving. The last good "
+                    f"checkpoint is {last if last else '(none yet)'}; lower optim.lr or raise losses.r1_image, "
+                    f"then rerun to resume from it")
+            for k, v in logs.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            step = state.step
+            reporter.step(step, logs)
+            if dist.is_main and (step % sched.log_every == 0 or step == target):
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "its": window_steps / max(elapsed, 1e-9), "images": step * recipe.optim.batch,
+                          "skipped_files": len(set(skipped)), **{k: v / window_steps for k, v in window.items()}}
+                run.append_metrics(record)
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+            if dist.is_main and (step % sched.sample_every == 0 or step == target):
+                state.generator_ema.eval()
+                run.write_sample(step, sample_grid(state.generator_ema, sample_codes[0], sample_codes[1]))
+            if step % sched.checkpoint_every == 0 or step == target:
+                save()
+    finally:
+        reporter.stop()
+    latest = run.path / "latest.pt"
+    return {"run": str(run.path), "step": state.step, "checkpoint": str(latest) if latest.exists() else None,
+            "skipped_files": sorted(set(skipped))}
