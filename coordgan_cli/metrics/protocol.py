@@ -95,13 +95,22 @@ class ProtocolResult:
 
 def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
                  tau: float, mode: str) -> np.ndarray:
-    """Vote over (ref_coords (Nr, 2), ref_labels (Nr,) or (Nr, C)) → (H, W) uint8 labels."""
+    """Vote over [(ref_coords (Nr, 2), ref_soft_labels (Nr, C))] → (H, W) uint8 labels."""
     from coordgan_cli.correspondence.vote import vote
 
     _, h, w = query_map.shape
     query = query_map.reshape(2, -1).T
-    result = vote(query, references, num_classes, tau=tau, mode=mode)
-    return np.asarray(result.labels).reshape(h, w).astype(np.uint8)
+    # Vote only over classes some reference carries (e.g. 9 of face-34's 34): the same arg-max,
+    # since absent classes get zero mass, at a fraction of the cost.
+    present = np.zeros(num_classes, dtype=bool)
+    for _coords, labels in references:
+        present |= np.asarray(labels).sum(axis=0) > 0
+    if not present.any():
+        return np.zeros((h, w), dtype=np.uint8)
+    kept = np.flatnonzero(present)
+    compact = [(coords, np.asarray(labels)[:, kept]) for coords, labels in references]
+    result = vote(query, compact, len(kept), tau=tau, mode=mode)
+    return kept[np.asarray(result.labels)].reshape(h, w).astype(np.uint8)
 
 
 def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",

@@ -1,0 +1,308 @@
+"""``coordgan evaluate`` end to end on tiny fake trees of every layout, built here with NumPy/PIL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from coordgan_cli.cli import app
+from coordgan_cli.data.benchmarks import celeba_paper_split, load_benchmark, merge_celeba_parts
+from coordgan_cli.errors import UserError
+from coordgan_cli.io.masks import labels_from_names, write_labels, write_mask
+from coordgan_cli.io.store import StoreReader, StoreWriter
+
+runner = CliRunner()
+
+KEYPOINTS = np.array([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.0], [-0.3, 0.4], [0.3, 0.4],
+                      [0.0, -0.7], [-0.7, 0.0], [0.7, 0.0], [0.0, 0.6], [0.2, 0.2]])
+
+
+def scene(i: int, h: int, w: int):
+    """Image i: a known pixel→canonical map (rotation, scale, shift), its mask and keypoints.
+
+    Returns (image (h, w, 3) uint8, mask (h, w) uint8 ids 0..8, map (2, h, w), keypoints (10, 3)).
+    """
+    rng = np.random.default_rng(100 + i)
+    theta, s = rng.uniform(-0.3, 0.3), rng.uniform(0.85, 1.15)
+    t = rng.uniform(-0.15, 0.15, size=2)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    uv = np.stack([xs / (w - 1) * 2 - 1, ys / (h - 1) * 2 - 1])
+    cmap = np.einsum("ij,jhw->ihw", rot * s, uv) + t[:, None, None]
+    r = np.hypot(cmap[0], cmap[1])
+    mask = np.where(r < 0.9, 1 + (cmap[0] > 0) + 2 * (cmap[1] > 0) + 4 * (r < 0.45), 0).astype(np.uint8)
+    palette = np.random.default_rng(7).integers(0, 255, size=(9, 3))
+    image = np.clip(palette[mask] + rng.integers(-10, 10, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    inv = np.linalg.inv(rot * s)
+    kuv = (inv @ (KEYPOINTS - t).T).T
+    kp = np.stack([(kuv[:, 0] + 1) / 2 * (w - 1), (kuv[:, 1] + 1) / 2 * (h - 1), np.full(len(kuv), 2.0)], axis=1)
+    inside = (kp[:, 0] >= 0) & (kp[:, 0] <= w - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= h - 1)
+    kp[~inside, 2] = 0
+    return image, mask, cmap.astype(np.float32), kp
+
+
+def make_synthetic(root: Path, count: int = 7, size: int = 16) -> Path:
+    labels = labels_from_names(["background"] + [f"part {k}" for k in range(1, 9)])
+    (root / "images").mkdir(parents=True)
+    write_labels(root / "labels.json", labels)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object",
+                                                              "keypoints": [f"k{j}" for j in range(10)]}]}
+    with StoreWriter(root / "correspondence.h5", size=(size, size), source="ground-truth", dtype="float32",
+                     with_valid=True) as store:
+        for i in range(count):
+            image, mask, cmap, kp = scene(i, size, size)
+            name = f"{i:06d}.png"
+            Image.fromarray(image).save(root / "images" / name)
+            write_mask(root / "masks" / name, mask, labels)
+            store.append(name, cmap, valid=mask > 0)
+            coco["images"].append({"id": i, "file_name": name, "height": size, "width": size})
+            coco["annotations"].append({"id": i, "image_id": i, "category_id": 1,
+                                        "keypoints": kp.ravel().tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
+    (root / "keypoints.json").write_text(json.dumps(coco))
+    return root
+
+
+def shuffled_copy(src: Path, dst: Path, seed: int = 0) -> Path:
+    """The same names with maps (and valid masks) permuted between images (a derangement)."""
+    with StoreReader(src) as reader:
+        n = len(reader)
+        rng = np.random.default_rng(seed)
+        perm = np.roll(rng.permutation(n), 1)
+        order = rng.permutation(n)
+        perm = np.empty(n, dtype=int)
+        perm[order] = np.roll(order, 1)
+        with StoreWriter(dst, size=reader.size, source="model", dtype="float32", with_valid=True) as out:
+            for i, name in enumerate(reader.names):
+                out.append(name, reader.correspondence(int(perm[i])), valid=reader.valid(int(perm[i])))
+    return dst
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return json.loads(result.stdout)
+
+
+# ------------------------------------------------------------------------------------------
+# synthetic
+
+
+def test_synthetic_truth_near_perfect_and_shuffled_far_lower(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=6, size=32)
+    args = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--json"]
+    good = _json(runner.invoke(app, args + ["--store", str(root / "correspondence.h5")]))
+    assert set(good) >= {"dataset", "protocol", "miou", "per_class", "per_reference", "baselines", "pck", "epe"}
+    assert good["dataset"] == "synthetic" and good["protocol"] == "paper"
+    assert good["references"] == [f"{i:06d}.png" for i in range(5)] and good["queries"] == 1
+    assert len(good["per_reference"]) == 5 and len(good["per_class"]) == 8
+    assert good["miou"] > 0.85
+    assert good["epe"]["pixels"] == pytest.approx(0.0, abs=1e-6)
+    assert good["pck"]["0.1"] > 0.9
+    assert good["baselines"]["cosine_nn"]["available"] is False
+    ident = good["baselines"]["identity"]["miou"]
+    assert ident < good["miou"]
+    bad_store = shuffled_copy(root / "correspondence.h5", tmp_path / "shuffled.h5")
+    bad = _json(runner.invoke(app, args + ["--store", str(bad_store)]))
+    assert bad["miou"] < good["miou"] - 0.2
+    assert bad["epe"]["pixels"] > 1.0
+    assert bad["pck"]["0.1"] < good["pck"]["0.1"]
+
+
+def test_synthetic_fullres_table_and_outputs(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=6, size=32)
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store",
+                                 str(root / "correspondence.h5"), "--protocol", "fullres", "--refs",
+                                 "000001,000003.png", "--queries", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "protocol fullres" in result.stdout and "identity" in result.stdout and "mean" in result.stdout
+    report = json.loads((out / "results.json").read_text())
+    assert report["protocol"] == "fullres" and report["queries"] == 2
+    assert report["references"] == ["000001.png", "000003.png"]
+    assert list(report["per_reference"]) == ["fused: 000001.png, 000003.png"]
+    assert report["miou"] > 0.9
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "class,maps,identity,cosine_nn" and csv_lines[-1].startswith("mean,")
+    assert "| **mean** |" in (out / "results.md").read_text()
+    with Image.open(out / "per_class_iou.png") as img:
+        assert img.format == "PNG" and img.width > 100
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_synthetic_errors_name_what_is_missing(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=3)
+    (root / "masks" / "000001.png").unlink()
+    r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store",
+                            str(root / "correspondence.h5")])
+    assert r.exit_code == 2 and "000001.png: image without a mask" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(empty), "--store",
+                            str(root / "correspondence.h5")])
+    assert r.exit_code == 2
+    assert "images/" in r.stderr and "masks/" in r.stderr and "labels.json" in r.stderr
+    r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root)])
+    assert r.exit_code == 2 and "exactly one of --ckpt" in r.stderr
+    r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--ckpt", "x.pt"])
+    assert r.exit_code == 2 and "--ckpt" in r.stderr
+
+
+def test_store_missing_rows_listed_in_one_message(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=4)
+    with StoreWriter(tmp_path / "part.h5", size=(16, 16), source="model") as w:
+        w.append("000000.png", np.zeros((2, 16, 16), np.float32))
+    r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store",
+                            str(tmp_path / "part.h5")])
+    assert r.exit_code == 2
+    assert "no map for 3 benchmark image(s)" in r.stderr and "000003.png" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# DatasetGAN face-34 / car-20
+
+
+def make_dgan(root: Path, category: str, n_train: int, test_names: list[str], size: int = 12) -> dict[str, int]:
+    """A DatasetGAN release tree; returns image name → scene index."""
+    train_dir = root / "annotation" / "training_data" / f"{category}_processed"
+    test_dir = root / "annotation" / "testing_data" / ("face_34_class" if category == "face" else "car_20_class")
+    train_dir.mkdir(parents=True)
+    test_dir.mkdir(parents=True)
+    index = {}
+    for i in range(n_train):
+        image, mask, _, _ = scene(i, size, size)
+        Image.fromarray(image).save(train_dir / f"image_{i}.jpg")
+        np.save(train_dir / f"image_mask{i}.npy", mask.astype(np.int64))
+        index[f"annotation/training_data/{category}_processed/image_{i}.jpg"] = i
+    for j, name in enumerate(test_names):
+        image, mask, _, _ = scene(50 + j, size, size)
+        if category == "face":
+            mask = np.where(mask == 8, 17, mask).astype(np.uint8)  # some "hair" (excluded class)
+        Image.fromarray(image).save(test_dir / name)
+        np.save(test_dir / (Path(name).stem + ".npy"), mask.astype(np.int64))
+        index[f"{test_dir.relative_to(root).as_posix()}/{name}"] = 50 + j
+    return index
+
+
+def store_for(path: Path, index: dict[str, int], size: int = 12) -> Path:
+    with StoreWriter(path, size=(size, size), source="ground-truth", dtype="float32") as w:
+        for name, i in index.items():
+            w.append(name, scene(i, size, size)[2])
+    return path
+
+
+def test_dgan_face_paper_references_and_stem_pairing(tmp_path):
+    root = tmp_path / "dgan"
+    make_dgan(root, "face", 12, ["a.png", "b.jpg"])
+    bench = load_benchmark("dgan-face", root)
+    # The reference code lists .jpg sorted as strings: image_0, image_1, image_10, image_11, image_12.
+    assert [Path(r.name).name for r in bench.references] == ["image_0.jpg", "image_1.jpg", "image_10.jpg",
+                                                            "image_11.jpg", "image_2.jpg"]
+    assert len(bench.queries) == 12 - 5 + 2
+    assert bench.num_classes == 34 and bench.exclude == {17, 25}
+    # .jpg is listed before .png, but each image keeps its own mask (by stem, not by sort order).
+    for q in bench.queries:
+        stem = q.image.stem
+        expected = f"image_mask{stem[6:]}" if stem.startswith("image_") else stem
+        assert q.mask.stem == expected
+
+
+def test_dgan_face_end_to_end_with_store(tmp_path):
+    root = tmp_path / "dgan"
+    index = make_dgan(root, "face", 6, ["t0.png", "t1.png"])
+    store = store_for(tmp_path / "maps.h5", index)
+    rep = _json(runner.invoke(app, ["evaluate", "--dataset", "dgan-face", "--root", str(root), "--store",
+                                    str(store), "--refs", "image_0,image_3", "--queries", "1", "--json"]))
+    assert rep["classes_scored"] == 31 and len(rep["per_class"]) == 31
+    assert "hair" not in rep["per_class"] and "neck" not in rep["per_class"]
+    assert rep["excluded_classes"] == ["hair", "neck"]
+    assert len(rep["per_reference"]) == 2 and rep["queries"] == 1
+    assert "pck" not in rep
+    # Only 8 of the 31 scored classes exist in these masks; the others score 0 and still count.
+    assert 0.15 < rep["miou"] <= 8 / 31 + 1e-9
+
+
+def test_dgan_errors_missing_tree_and_partner(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_benchmark("dgan-car", tmp_path)
+    msg = err.value.message
+    assert "training_data/car_processed/" in msg and "testing_data/car_20_class/" in msg
+    root = tmp_path / "car"
+    make_dgan(root, "car", 6, ["x.png"])
+    (root / "annotation/training_data/car_processed/image_mask3.npy").unlink()
+    (root / "annotation/testing_data/car_20_class/x.png").unlink()
+    with pytest.raises(UserError) as err:
+        load_benchmark("dgan-car", root)
+    msg = err.value.message
+    assert "image_3.jpg: image without a mask" in msg and "image_mask3.npy" in msg
+    assert "x.npy: mask without an image" in msg
+
+
+def test_dgan_car_classes(tmp_path):
+    root = tmp_path / "car"
+    make_dgan(root, "car", 5, ["x.png"])
+    bench = load_benchmark("dgan-car", root, refs=["image_0", "image_1"], queries=1)
+    assert bench.num_classes == 20 and not bench.exclude
+    assert [Path(r.name).name for r in bench.references] == ["image_0.jpg", "image_1.jpg"]
+    assert Path(bench.queries[0].name).name == "image_2.jpg"
+
+
+# ------------------------------------------------------------------------------------------
+# CelebAMask-HQ
+
+
+def make_celeba(root: Path, indices: list[int], size: int = 16) -> None:
+    (root / "CelebA-HQ-img").mkdir(parents=True)
+    for idx in indices:
+        Image.fromarray(np.full((size * 2, size * 2, 3), idx * 20 % 255, np.uint8)).save(root / "CelebA-HQ-img" / f"{idx}.jpg")
+        folder = root / "CelebAMask-HQ-mask-anno" / str(idx // 2000)
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = {"skin": (slice(2, 14), slice(2, 14)), "nose": (slice(6, 10), slice(7, 9)),
+                 "u_lip": (slice(10, 12), slice(5, 11)), "mouth": (slice(11, 12), slice(6, 10)),
+                 "hair": (slice(0, 3), slice(0, 16)), "l_eye": (slice(4, 6), slice(4, 6))}
+        for part, region in parts.items():
+            arr = np.zeros((size, size, 3), np.uint8)
+            arr[region] = 255
+            Image.fromarray(arr).save(folder / f"{idx:05d}_{part}.png")
+
+
+def test_celeba_merge_and_partial_set(tmp_path):
+    root = tmp_path / "celeba"
+    make_celeba(root, [0, 1, 2, 3])
+    bench = load_benchmark("celebamask-hq", root, refs=["0"], queries=2)
+    assert bench.class_names == ["background", "mouth", "eye", "brow", "ear", "nose", "skin"]
+    assert [r.name for r in bench.references] == ["CelebA-HQ-img/0.jpg"]
+    assert [q.name for q in bench.queries] == ["CelebA-HQ-img/1.jpg", "CelebA-HQ-img/2.jpg"]
+    mask = merge_celeba_parts(bench.references[0])
+    assert mask[3, 3] == 6          # skin
+    assert mask[7, 7] == 5          # nose painted over skin
+    assert mask[10, 5] == 1 and mask[11, 7] == 1   # lips and mouth → mouth
+    assert mask[4, 4] == 2          # eye
+    assert mask[0, 0] == 0          # hair is not one of the 7 classes
+    store = tmp_path / "maps.h5"
+    with StoreWriter(store, size=(16, 16), source="model", dtype="float32") as w:
+        for idx in range(4):
+            w.append(f"{idx}.jpg", scene(0, 16, 16)[2])  # identical maps: propagation = copying
+    rep = _json(runner.invoke(app, ["evaluate", "--dataset", "celebamask-hq", "--root", str(root), "--store",
+                                    str(store), "--refs", "0", "--queries", "2", "--json"]))
+    assert rep["classes_scored"] == 6
+    assert rep["per_class"]["ear"] == 0.0 and rep["per_class"]["brow"] == 0.0  # absent: union 0 → 0
+    assert rep["per_class"]["skin"] > 0.9 and rep["per_class"]["nose"] > 0.9
+
+
+def test_celeba_paper_split_and_missing_files_one_message(tmp_path):
+    refs, queries = celeba_paper_split()
+    assert refs == ["1.jpg", "100.jpg", "10000.jpg", "10001.jpg", "10003.jpg"]
+    assert len(queries) == 100 and queries[0] == sorted(f"{i}.jpg" for i in range(30000))[100]
+    root = tmp_path / "celeba"
+    make_celeba(root, [1, 100])
+    with pytest.raises(UserError) as err:
+        load_benchmark("celebamask-hq", root)
+    msg = err.value.message
+    assert "CelebA-HQ-img/10000.jpg" in msg and "more" in msg and "\n" not in msg
+    with pytest.raises(UserError) as err:
+        load_benchmark("celebamask-hq", tmp_path / "nothing-here")
+    assert "folder not found" in err.value.message
