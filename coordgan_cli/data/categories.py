@@ -396,12 +396,12 @@ _FACE_LABELS = (
 def _face_parts() -> tuple[tuple[int, Shape], ...]:
     hair_cap = Ellipse(0.0, -0.2, 0.74, 0.74)
     hair_back = hair_cap & HalfPlane(0.0, 1.0, 0.3)
-    face = Ellipse(0.0, 0.0, 0.54, 0.7)
+    face = Ellipse(0.0, -0.03, 0.53, 0.67)
     fringe = (Ellipse(0.0, -0.22, 0.7, 0.62) - Ellipse(0.0, 0.12, 0.5, 0.56)) & HalfPlane(0.0, 1.0, 0.0)
     parts: list[tuple[int, Shape]] = [
         (4, hair_back),
-        (2, SuperEllipse(0.0, 0.62, 0.22, 0.3, 4)),
-        (3, SuperEllipse(0.0, 1.02, 0.88, 0.28, 4) & HalfPlane(0.0, 1.0, 0.95)),
+        (2, SuperEllipse(0.0, 0.6, 0.21, 0.3, 4)),
+        (3, SuperEllipse(0.0, 1.1, 0.9, 0.32, 4) & HalfPlane(0.0, 1.0, 0.95)),
         (5, Ellipse(-0.56, 0.04, 0.1, 0.17, -8.0)),
         (6, Ellipse(0.56, 0.04, 0.1, 0.17, 8.0)),
         (1, face),
@@ -436,7 +436,7 @@ _FACE_KEYPOINTS = (
     ("mouth_right", (0.15, 0.38)),
     ("upper_lip", (0.0, 0.335)),
     ("lower_lip", (0.0, 0.43)),
-    ("chin", (0.0, 0.62)),
+    ("chin", (0.0, 0.58)),
     ("left_ear", (-0.57, 0.04)),
     ("right_ear", (0.57, 0.04)),
 )
@@ -454,7 +454,7 @@ _FACE_HANDLES = (
     ShapeHandle("shift", (0.0, -0.5), 0.27, 0.08, (0.0, 1.0)),  # forehead height
     ShapeHandle("shift", (-0.45, 0.45), 0.27, 0.07, (1.0, 0.0)),  # jaw width
     ShapeHandle("shift", (0.45, 0.45), 0.27, 0.07, (-1.0, 0.0)),
-    ShapeHandle("shift", (0.0, 0.62), 0.27, 0.06, (0.0, 1.0)),  # chin length
+    ShapeHandle("shift", (0.0, 0.6), 0.27, 0.06, (0.0, 1.0)),  # chin length
     ShapeHandle("shift", (0.0, -0.27), 0.27, 0.04, (0.0, 1.0)),  # brow height
 )
 

@@ -165,7 +165,9 @@ class InstanceMap:
             ay = m[:, 0] * b01 + m[:, 1] * b11
             row = np.exp((2.0 * k) * ax[:, None] * dx[None, :] - k * np.sum(m * m, axis=1)[:, None])  # (n, S)
             col_t = np.exp((2.0 * k) * ay[:, None] * dy[None, :]).T  # (S, n)
-            g0 = np.exp(-k * qq)
+            # float32 exp (several times faster than float64 here): it only underflows to 0 where
+            # |q| is so large that every bump centre (all within |m| < 0.9) is many sigmas away.
+            g0 = np.exp((-k * qq).astype(np.float32))
             du = (col_t * (off[:, 0] - rad * m[:, 0])) @ row
             dv = (col_t * (off[:, 1] - rad * m[:, 1])) @ row
             if np.any(rad != 0):
@@ -370,7 +372,27 @@ def generate_sample(category: TUnion[str, Category], index: int, *, size: int, s
     ou, ov = u.reshape(-1)[obj], v.reshape(-1)[obj]
     oid, odepth = ids_grid.reshape(-1)[obj], depth_grid.reshape(-1)[obj]
 
-    # 3. Object colours: base × (1 + canonical gradient − dome falloff + stripes), pupils.
+    # 3. Object colours, background with clutter; compose; occluders on top (out of mask/valid).
+    colours = _paint_object(look, oid, ou, ov, odepth)
+    image = _background(look, size, xs)
+    image.reshape(-1, 3)[obj] = colours
+    occluded = np.zeros((size, size), np.uint8)
+    for shape in look.occluders:
+        _draw_shape(image, shape, size, tuple(float(c) for c in shape[4]))
+        _draw_shape(occluded, shape, size, 1)
+    image_u8 = _finish(image, look, diff, noise_rng, xs)
+
+    mask = np.where(occluded > 0, np.uint8(0), ids_grid)
+    valid = mask > 0
+    correspondence = np.clip(np.stack([u, v]), -1.0, 1.0)
+    keypoints = locate_keypoints(cat, imap, size, ids_grid, valid)
+    return SynthSample(image_u8, mask, correspondence, valid, keypoints, imap, imap.flipped)
+
+
+def _paint_object(look: Appearance, oid: np.ndarray, ou: np.ndarray, ov: np.ndarray, odepth: np.ndarray) -> np.ndarray:
+    """Colours of object pixels: base × (1 + canonical gradient − dome falloff + stripes), dark
+    pupils. Takes 1-D arrays over object pixels (part id, u, v, part depth); returns (M, 3) float32.
+    Texture follows the canonical frame, so it moves with the object like a real surface."""
     light = 1.0 + look.gradient[oid, 0] * ou + look.gradient[oid, 1] * ov
     light -= look.dome[oid] * (1.0 - np.sqrt(np.minimum(odepth, 1.0)))
     for pid, amp, ku, kv, phase in look.stripes:
@@ -380,36 +402,37 @@ def generate_sample(category: TUnion[str, Category], index: int, *, size: int, s
     for pid, threshold, darkness in look.pupils:
         sel = np.flatnonzero((oid == pid) & (odepth > threshold))
         light[sel] *= np.float32(darkness)
-    colours = look.base[oid] * light[:, None]
+    return look.base[oid] * light[:, None]
 
-    # 4. Background: a two-colour gradient, then clutter shapes.
-    c0, c1, bang = look.background
-    ramp = np.clip(0.5 + 0.5 * (math.cos(bang) * xs[None, :] + math.sin(bang) * xs[:, None]), 0.0, 1.0)
-    image = (c0.astype(np.float32) + (c1 - c0).astype(np.float32) * ramp[..., None]).astype(np.float32)
+
+def _background(look: Appearance, size: int, xs: np.ndarray) -> np.ndarray:
+    """(S, S, 3) float32: a two-colour linear gradient with clutter shapes drawn on it."""
+    c0, c1, angle = look.background
+    ramp = np.clip(0.5 + 0.5 * (math.cos(angle) * xs[None, :] + math.sin(angle) * xs[:, None]), 0.0, 1.0)
+    image = c0.astype(np.float32) + (c1 - c0).astype(np.float32) * ramp[..., None]
     for shape in look.clutter:
         _draw_shape(image, shape, size, tuple(float(c) for c in shape[4]))
+    return image
 
-    # 5. Compose; occluders go on top (and out of the mask / valid).
-    flat_image = image.reshape(-1, 3)
-    flat_image[obj] = colours
-    ids = ids_grid
-    occluded = np.zeros((size, size), np.uint8)
-    for shape in look.occluders:
-        _draw_shape(image, shape, size, tuple(float(c) for c in shape[4]))
-        _draw_shape(occluded, shape, size, 1)
 
-    # 6. Global lighting, low-frequency colour noise, per-pixel noise; quantise.
+def _finish(image: np.ndarray, look: Appearance, diff: Difficulty, noise_rng: np.random.Generator,
+            xs: np.ndarray) -> np.ndarray:
+    """Global lighting, low-frequency colour noise and per-pixel noise (in place), then uint8."""
+    size = image.shape[0]
     lx, ly = look.lighting
-    image *= (1.0 + lx * xs[None, :] + ly * xs[:, None])[..., None].astype(np.float32)
-    image *= 1.0 + diff.noise_low * _low_frequency_noise(noise_rng, size, 6)
-    image += noise_rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(diff.noise_high)
-    image_u8 = np.clip(image * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
-
-    mask = np.where(occluded > 0, np.uint8(0), ids)
-    valid = mask > 0
-    correspondence = np.clip(np.stack([u, v]), -1.0, 1.0)
-    keypoints = locate_keypoints(cat, imap, size, ids, valid)
-    return SynthSample(image_u8, mask, correspondence, valid, keypoints, imap, imap.flipped)
+    lighting = (1.0 + lx * xs[None, :] + ly * xs[:, None]).astype(np.float32)
+    noise = _low_frequency_noise(noise_rng, size, 6)
+    noise *= np.float32(diff.noise_low)
+    noise += 1.0
+    noise *= lighting[..., None]
+    image *= noise
+    grain = noise_rng.standard_normal((size, size, 3), dtype=np.float32)
+    grain *= np.float32(diff.noise_high * 255.0)
+    image *= 255.0
+    image += grain
+    image += 0.5
+    np.clip(image, 0.0, 255.0, out=image)
+    return image.astype(np.uint8)
 
 
 def sample_instance_map_for(category: TUnion[str, Category], index: int, *, seed: int, difficulty: str) -> InstanceMap:
@@ -425,37 +448,32 @@ def sample_instance_map_for(category: TUnion[str, Category], index: int, *, seed
 
 
 def invert_map(imap: InstanceMap, targets: np.ndarray, start: np.ndarray, iterations: int = 12,
-               tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+               tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
     """Newton iterations for ``M(p) = target``.
 
     Takes ``targets`` (K, 2) canonical points and ``start`` (K, 2) normalised image guesses.
-    Returns ``p`` (K, 2) float64 and ``residual`` (K,) = ``|M(p) - target|``.
+    Returns ``p`` (K, 2) float64 and ``residual`` (K,) = ``|M(p) - target|`` at the returned ``p``.
     """
     p = np.array(start, dtype=np.float64)
     h = 1e-6
     k = len(p)
-    for _ in range(iterations):
-        # One map call per iteration for the point and its two forward-difference neighbours.
+    for step in range(iterations + 1):
+        # One map call per iteration for the points and their two forward-difference neighbours.
         xs = np.concatenate([p[:, 0], p[:, 0] + h, p[:, 0]])
         ys = np.concatenate([p[:, 1], p[:, 1], p[:, 1] + h])
         u, v = imap(xs, ys)
         f = np.stack([u[:k], v[:k]], axis=1) - targets
-        if np.all(np.abs(f) < tol):
+        if step == iterations or np.all(np.abs(f) < tol):
             break
-        j = np.empty((k, 2, 2))
-        j[:, 0, 0] = (u[k:2 * k] - u[:k]) / h
-        j[:, 1, 0] = (v[k:2 * k] - v[:k]) / h
-        j[:, 0, 1] = (u[2 * k:] - u[:k]) / h
-        j[:, 1, 1] = (v[2 * k:] - v[:k]) / h
-        det = j[:, 0, 0] * j[:, 1, 1] - j[:, 0, 1] * j[:, 1, 0]
+        j00 = (u[k:2 * k] - u[:k]) / h
+        j10 = (v[k:2 * k] - v[:k]) / h
+        j01 = (u[2 * k:] - u[:k]) / h
+        j11 = (v[2 * k:] - v[:k]) / h
+        det = j00 * j11 - j01 * j10
         det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-        step_x = (j[:, 1, 1] * f[:, 0] - j[:, 0, 1] * f[:, 1]) / det
-        step_y = (-j[:, 1, 0] * f[:, 0] + j[:, 0, 0] * f[:, 1]) / det
-        p[:, 0] -= np.clip(step_x, -0.5, 0.5)
-        p[:, 1] -= np.clip(step_y, -0.5, 0.5)
-    u, v = imap(p[:, 0], p[:, 1])
-    residual = np.hypot(u - targets[:, 0], v - targets[:, 1])
-    return p, residual
+        p[:, 0] -= np.clip((j11 * f[:, 0] - j01 * f[:, 1]) / det, -0.5, 0.5)
+        p[:, 1] -= np.clip((-j10 * f[:, 0] + j00 * f[:, 1]) / det, -0.5, 0.5)
+    return p, np.hypot(f[:, 0], f[:, 1])
 
 
 def locate_keypoints(category: Category, imap: InstanceMap, size: int, ids: np.ndarray,
