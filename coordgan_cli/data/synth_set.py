@@ -31,7 +31,7 @@ import numpy as np
 
 from coordgan_cli import __version__
 from coordgan_cli.data.categories import Category, get_category
-from coordgan_cli.data.synthetic import SynthSample, check_size, generate_sample, get_difficulty
+from coordgan_cli.data.synthetic import GENERATOR_VERSION, SynthSample, check_size, generate_sample, get_difficulty
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from coordgan_cli.io.masks import LabelSet, write_labels
@@ -113,6 +113,8 @@ def _differences(meta: dict, spec: SynthSpec) -> list[str]:
     for key in ("category", "size", "seed", "difficulty"):
         if meta.get(key) != getattr(spec, key):
             out.append(f"{key} {meta.get(key)!r} (asked {getattr(spec, key)!r})")
+    if meta.get("generator_version") != GENERATOR_VERSION:
+        out.append(f"generator version {meta.get('generator_version')!r} (this toolkit: {GENERATOR_VERSION})")
     return out
 
 
@@ -371,6 +373,7 @@ def _metadata(spec: SynthSpec, category: Category, complete: bool) -> dict:
         "version": SYNTH_VERSION,
         "toolkit": "coordgan",
         "toolkit_version": __version__,
+        "generator_version": GENERATOR_VERSION,
         **asdict(spec),
         "complete": complete,
         "num_classes": category.num_classes,

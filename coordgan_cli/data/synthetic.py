@@ -39,6 +39,10 @@ import numpy as np
 from coordgan_cli.data.categories import Category, get_category, render_part_scalar, render_parts
 from coordgan_cli.errors import UserError
 
+# Raised whenever a change alters the images of a given (category, seed, index, size,
+# difficulty); recorded in metadata.json so a set is never resumed by a different generator.
+GENERATOR_VERSION = 1
+
 MIN_SIZE = 16
 MAX_SIZE = 1024
 
