@@ -670,6 +670,17 @@ def map_to_points(correspondence: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(correspondence.reshape(2, -1).T)
 
 
+def reference_points(ref_map: np.ndarray, ref_mask: np.ndarray, ref_valid: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(coords (h·w, 2), labels (h·w,) int64) of one reference map + mask; invalid pixels → 255."""
+    if ref_mask.shape != ref_map.shape[1:]:
+        raise ValueError(f"reference mask {ref_mask.shape} and map {ref_map.shape[1:]} differ in size")
+    mask = ref_mask.reshape(-1).astype(np.int64)
+    if ref_valid is not None:
+        mask = np.where(ref_valid.reshape(-1), mask, IGNORE)
+    return map_to_points(ref_map), mask
+
+
 def propagate_map(query_map: np.ndarray, references, num_classes: int, *, query_valid: np.ndarray | None = None,
                   tau: float = 0.01, mode: Literal["soft", "hard"] = "soft", k: int | None = None,
                   tol: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -677,21 +688,16 @@ def propagate_map(query_map: np.ndarray, references, num_classes: int, *, query_
 
     query_map: (2, H, W). references: [(ref_map (2, h, w), ref_mask (h, w) uint8)] or
     [(ref_map, ref_mask, ref_valid (h, w) bool)] — ref pixels that are ignore (255) or not valid
-    carry no vote; each reference keeps its own size. query_valid: (H, W) bool; pixels outside it
-    are background (0) with confidence 1 and distance 0 (their coordinates mean nothing).
+    carry no vote; each reference keeps its own size — or the output of
+    :func:`reference_points` passed through :func:`prepare_references` (reused across queries).
+    query_valid: (H, W) bool; pixels outside it are background (0) with confidence 1 and
+    distance 0 (their coordinates mean nothing).
     Returns labels (H, W) uint8, confidence (H, W) float32, distance (H, W) float32.
     """
     _, h, w = query_map.shape
-    prepared = []
-    for ref in references:
-        ref_map, ref_mask = ref[0], ref[1]
-        ref_valid = ref[2] if len(ref) > 2 else None
-        if ref_mask.shape != ref_map.shape[1:]:
-            raise ValueError(f"reference mask {ref_mask.shape} and map {ref_map.shape[1:]} differ in size")
-        mask = ref_mask.reshape(-1).astype(np.int64)
-        if ref_valid is not None:
-            mask = np.where(ref_valid.reshape(-1), mask, IGNORE)
-        prepared.append((map_to_points(ref_map), mask))
+    prepared = [] if not isinstance(references[0], PreparedReference) else list(references)
+    for ref in references if not prepared else []:
+        prepared.append(reference_points(ref[0], ref[1], ref[2] if len(ref) > 2 else None))
     points = map_to_points(query_map)
     labels = np.zeros(h * w, dtype=np.uint8)
     confidence = np.ones(h * w, dtype=np.float32)
