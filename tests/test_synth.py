@@ -105,6 +105,11 @@ def test_hard_has_occluders_and_flips_easy_has_neither():
         occluded += int(np.sum((ids > 0) & ~s.valid))
     assert occluded > 0
     assert any(s.flipped for s in hard) and not all(s.flipped for s in hard)
+    # COCO visibility: covered keypoints (1) sit on pixels that are not visible object pixels.
+    covered = [(s, x, y) for s in hard for x, y, v in s.keypoints if v == 1]
+    assert covered
+    for s, x, y in covered:
+        assert not s.valid[int(np.floor(y + 0.5)), int(np.floor(x + 0.5))]
     easy = [generate_sample("faces", i, size=48, seed=1, difficulty="easy") for i in range(8)]
     assert not any(s.flipped for s in easy)
     for s in easy:
@@ -224,9 +229,9 @@ def test_thread_counts_do_not_change_the_output():
     before = cv2.getNumThreads()
     try:
         cv2.setNumThreads(1)
-        one = generate_sample("cars", 0, size=64, seed=0, difficulty="hard")
+        one = generate_sample("cars", 0, size=256, seed=0, difficulty="hard")
         cv2.setNumThreads(4)
-        four = generate_sample("cars", 0, size=64, seed=0, difficulty="hard")
+        four = generate_sample("cars", 0, size=256, seed=0, difficulty="hard")
     finally:
         cv2.setNumThreads(before)
     assert np.array_equal(one.image, four.image) and np.array_equal(one.correspondence, four.correspondence)
