@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -659,6 +659,3 @@ def get_category(name: str) -> Category:
 def category_names() -> list[str]:
     return sorted(CATEGORIES)
 
-
-def find_category(name: Optional[str]) -> Optional[Category]:
-    return CATEGORIES.get(name) if name else None

@@ -3,8 +3,8 @@
 Each image of a category is made like this:
 
 1. an instance map ``M`` from image pixels to the canonical frame is drawn: inverse pose
-   (similarity + aspect + shear, optional mirror flip), a thin-plate-spline elastic deformation,
-   and per-instance shape handles (local radial scalings and shifts that move, grow or shrink
+   (similarity + aspect + shear, optional mirror flip), a smooth elastic deformation (a random
+   Gaussian radial-basis displacement field on a jittered 4 x 4 grid), and per-instance shape handles (local radial scalings and shifts that move, grow or shrink
    parts). ``M`` is a smooth analytic function, so it can be evaluated anywhere;
 2. every pixel centre ``p`` gets the canonical coordinate ``c = M(p)`` (float32); the template's
    part at ``c`` (:func:`~coordgan_cli.data.categories.render_parts`) is the pixel's part id. The
@@ -23,8 +23,9 @@ coordinates (COCO: integer values are pixel centres).
 
 Determinism: everything for image ``index`` comes from ``np.random.default_rng([seed, index])``
 (instance parameters, drawn before anything size-dependent, so one seed gives the same instance at
-every size) and ``np.random.default_rng([seed, index, 1])`` (per-pixel noise). No BLAS on image
-arrays and no threading, so results do not depend on thread counts.
+every size) and ``np.random.default_rng([seed, index, 1])`` (per-pixel noise). Nothing is threaded;
+the one BLAS call (a small matrix product in :meth:`InstanceMap.grid`) computes each output as one
+short dot product, so results do not depend on thread counts (tested).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Difficulty:
     translation: float  # max |shift| of the centre, normalised image units
     aspect: float  # max |log aspect|
     shear: float  # max |shear|
-    elastic: float  # std of thin-plate-spline control displacements (canonical units)
+    elastic: float  # std of the elastic field's control displacements (canonical units)
     handles: float  # factor on the category's shape-handle amounts
     clutter: tuple[int, int]  # number of background clutter shapes [lo, hi]
     occluders: tuple[int, int]  # number of occluders [lo, hi]
