@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools.coco import COCO
 from scipy.spatial import cKDTree
 from typer.testing import CliRunner
 
@@ -291,6 +292,8 @@ def test_cli_writes_the_documented_files_and_is_byte_identical(tmp_path):
 
     # The store opens with plain h5py in the documented layout, and agrees with masks/keypoints.
     coco = json.loads((out / "keypoints.json").read_text())
+    coco_api = COCO(str(out / "keypoints.json"))
+    assert coco_api.getCatIds() == [1] and len(coco_api.getImgIds()) == 5
     cat = get_category("faces")
     assert coco["categories"][0]["keypoints"] == cat.keypoint_names and coco["categories"][0]["skeleton"]
     assert [im["file_name"] for im in coco["images"]] == names
@@ -313,6 +316,8 @@ def test_cli_writes_the_documented_files_and_is_byte_identical(tmp_path):
             for (x, y, v), target in zip(kps, cat.keypoint_coords):
                 if v > 0:
                     assert np.abs(_bilinear(corr, x, y) - target).max() < 5e-3
+            # pycocotools reads the file; the annotation's segmentation is the visible object.
+            assert np.array_equal(coco_api.annToMask(coco_api.loadAnns([ann["id"]])[0]).astype(bool), valid)
             # The image on disk is the generator's image.
             s = generate_sample("faces", i, size=32, seed=3)
             assert np.array_equal(np.asarray(Image.open(out / "images" / name)), s.image)
