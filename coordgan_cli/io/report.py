@@ -62,7 +62,7 @@ th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
 td img{display:block;max-width:160px;max-height:160px;border-radius:3px}
 .bar{height:8px;background:#ddd;border-radius:4px;width:120px;overflow:hidden;margin-top:4px}
 .bar>span{display:block;height:100%}
-.legend span{display:inline-block;padding:2px 8px;margin:2px;border-radius:3px;font-size:12px;color:#000}
+.legend span{display:inline-block;padding:2px 8px;margin:2px;border-radius:3px;font-size:12px}
 .note{color:#777;font-size:13px;margin-top:10px}
 """
 
@@ -120,8 +120,13 @@ def write_report(path: str | Path, records: Sequence[dict[str, Any]], *, title: 
             f'<td data-value="{float(rec.get("low_fraction", 0.0)):.6f}">{100 * float(rec.get("low_fraction", 0.0)):.1f}%</td>'
             f"{pics}</tr>"
         )
+    def text_colour(c) -> str:
+        # Dark text on light swatches, white on dark ones (relative luminance).
+        return "#000" if 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2] > 140 else "#fff"
+
     legend_html = "".join(
-        f'<span style="background:rgb{tuple(c)}">{html.escape(name)}</span>' for name, c in legend
+        f'<span style="background:rgb{tuple(int(v) for v in c)};color:{text_colour(c)}">{html.escape(name)}</span>'
+        for name, c in legend
     )
     meta = " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in summary.items())
     note = ""
