@@ -31,8 +31,8 @@ class EncoderReporter(RichReporter):
 def train_encoder_command(
     ctx: typer.Context,
     gan_ckpt: Path = typer.Argument(..., help="The trained generator checkpoint (e.g. RUN/latest.pt of coordgan train)."),
-    recipe: Path = typer.Argument(..., help="Recipe TOML with an [encoder] section (the GAN's recipe works; "
-                                  "its [model] is taken from GAN_CKPT)."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML with an [encoder] section (the GAN's recipe works); the "
+                                  "generator architecture comes from GAN_CKPT, encoder sizes (model.encoder_*) from here."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: the recipe's output.dir + "
                                        "'-encoder'). An existing run resumes from its newest checkpoint."),
     data: Optional[Path] = typer.Option(None, "--data", help="Real training images (overrides data.path)."),

@@ -172,13 +172,15 @@ class EncoderTrainOptions:
 
 
 def resolve_recipe(recipe: Recipe, generator_data: dict, generator_path: Path) -> tuple[Recipe, list[str]]:
-    """The encoder run's recipe: the generator checkpoint's ``[model]`` (the truth about the
-    architecture, encoder sizes included), everything else from ``recipe``. Returns the recipe
-    and the model keys on which the given recipe disagreed (ignored)."""
+    """The encoder run's recipe: the generator architecture from the generator checkpoint (the
+    truth about the trained model), the encoder sizes (``model.encoder_*``) and everything else
+    from ``recipe``. Returns the recipe and the generator keys on which ``recipe`` disagreed
+    (not used)."""
     stored = checkpoint_recipe(generator_data, generator_path)
     mine, theirs = dataclasses.asdict(recipe.model), dataclasses.asdict(stored.model)
-    ignored = [f"model.{k}" for k in mine if mine[k] != theirs[k]]
-    return recipe.replace(model=stored.model), ignored
+    ignored = [f"model.{k}" for k in mine if not k.startswith("encoder_") and mine[k] != theirs[k]]
+    model = dataclasses.replace(stored.model, **{k: v for k, v in mine.items() if k.startswith("encoder_")})
+    return recipe.replace(model=model), ignored
 
 
 def _resumable(key: str) -> bool:
@@ -200,15 +202,19 @@ def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Any):
     gsha = file_sha256(gpath)
     recipe, ignored = resolve_recipe(options.recipe, gdata, gpath)
     if ignored:
-        reporter.message(f"the model architecture comes from {gpath}; the recipe's differing "
-                         f"{', '.join(ignored[:4])}{' …' if len(ignored) > 4 else ''} ignored")
+        reporter.message(f"generator architecture taken from {gpath}; the recipe's "
+                         f"{', '.join(ignored[:4])}{' …' if len(ignored) > 4 else ''} not used")
     gstate = generator_state(gdata, gpath)
     generator = Generator(**generator_kwargs(recipe.model))
     load_state_strict(generator, gstate, "generator", gpath)
     # The encoder's initial weights come from the run seed alone (built on the CPU, then moved).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(chunk_generator(options.seed, 0, 0, _E_INIT, torch.device("cpu")).initial_seed())
-        encoder = Encoder(**encoder_kwargs(recipe.model))
+        try:
+            encoder = Encoder(**encoder_kwargs(recipe.model))
+        except ValueError as exc:
+            raise UserError(f"{options.recipe.name}: model.encoder_channels / encoder_texture_channels do not fit the "
+                            f"{recipe.model.coord_size} px canonical grid of {gpath}: {exc}") from None
     generator, encoder = generator.to(device), encoder.to(device)
     run = RunDir(options.run)
     newest = run.newest_checkpoint()
