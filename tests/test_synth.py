@@ -265,6 +265,7 @@ def _synth(runner: CliRunner, out: Path, *args: str):
 ARGS = ["--category", "faces", "--count", "5", "--size", "32", "--seed", "3"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside pycocotools (NumPy 2 copy keyword)
 def test_cli_writes_the_documented_files_and_is_byte_identical(tmp_path):
     runner = CliRunner()
     r1 = _synth(runner, tmp_path / "a", *ARGS, "--json")
