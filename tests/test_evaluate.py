@@ -306,3 +306,17 @@ def test_celeba_paper_split_and_missing_files_one_message(tmp_path):
     with pytest.raises(UserError) as err:
         load_benchmark("celebamask-hq", tmp_path / "nothing-here")
     assert "folder not found" in err.value.message
+
+
+def test_checkpoint_gives_maps_and_cosine_baseline(tmp_path):
+    from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint
+
+    gen = make_generator_checkpoint(tmp_path / "g.pt")
+    enc = make_encoder_checkpoint(tmp_path / "e.pt", gen)
+    root = make_synthetic(tmp_path / "syn", count=3)
+    rep = _json(runner.invoke(app, ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(root),
+                                    "--ckpt", str(enc), "--refs", "000000", "--queries", "1", "--json"]))
+    assert rep["maps"] == "model e.pt"
+    assert set(rep["baselines"]) == {"identity", "cosine_nn"}
+    assert 0.0 <= rep["baselines"]["cosine_nn"]["miou"] <= 1.0 and 0.0 <= rep["miou"] <= 1.0
+    assert rep["epe"]["pixels_counted"] > 0 and rep["pck"] is not None

@@ -70,6 +70,39 @@ class StoreMaps:
         self.reader.close()
 
 
+class ModelMaps:
+    """Correspondence maps (structure path + warp MLP) and encoder features from a checkpoint."""
+
+    def __init__(self, ckpt: Path, device) -> None:
+        from coordgan_cli.inference import load_correspondence_model
+
+        self.model = load_correspondence_model(ckpt, device)
+        self._maps: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self._feats: dict[str, np.ndarray] = {}
+
+    def _image(self, sample: Sample) -> np.ndarray:
+        from coordgan_cli.io.images import read_image
+
+        return read_image(sample.image)
+
+    def map(self, sample: Sample, size: tuple[int, int]) -> np.ndarray:
+        key = (sample.name, tuple(int(v) for v in size))
+        if key not in self._maps:
+            self._maps[key] = self.model.correspondence_maps([self._image(sample)], [key[1]])[0]
+        return self._maps[key]
+
+    def valid(self, sample: Sample, size: tuple[int, int]) -> Optional[np.ndarray]:
+        return None
+
+    def features(self, sample: Sample) -> np.ndarray:
+        if sample.name not in self._feats:
+            self._feats[sample.name] = self.model.features([self._image(sample)])[0]
+        return self._feats[sample.name]
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------------------------
 # Reporting
 
@@ -295,18 +328,35 @@ def evaluate(
         raise UserError(f"--tau must be positive, got {tau}")
     if (ckpt is None) == (store is None):
         raise UserError("give exactly one of --ckpt (a model) or --store (precomputed maps)")
-    if ckpt is not None:
-        raise UserError(f"--ckpt {ckpt}: scoring a checkpoint needs the model inference module "
-                        "(coordgan_cli.inference), which this build does not have yet; compute maps with "
-                        "another tool and pass them with --store")
+    if ckpt is not None and not ckpt.is_file():
+        raise UserError(f"--ckpt {ckpt}: file not found")
     ref_list = [r.strip() for r in refs.split(",") if r.strip()] if refs else None
     bench = load_benchmark(dataset, root, refs=ref_list, queries=queries)
-    assert store is not None
-    if not store.is_file():
-        raise UserError(f"--store {store}: file not found")
-    source = StoreMaps(store)
+    extra_baselines: dict = {}
+    unavailable: dict[str, str] = {}
+    if ckpt is not None:
+        source = ModelMaps(ckpt, state.torch_device())
+        maps_label = f"model {ckpt.name}"
+        if protocol == "paper":
+            from coordgan_cli.metrics.protocol import cosine_nn_labels
+
+            def cosine(r, q, labels, hw, _src=source):
+                return cosine_nn_labels(_src.features(r), _src.features(q), labels.argmax(axis=1), hw)
+
+            extra_baselines["cosine_nn"] = cosine
+        else:
+            unavailable["cosine_nn"] = "computed with --protocol paper only"
+    else:
+        assert store is not None
+        if not store.is_file():
+            raise UserError(f"--store {store}: file not found")
+        source = StoreMaps(store)
+        maps_label = f"store {store.name}"
+        unavailable["cosine_nn"] = ("cosine nearest neighbour needs the model's own features (--ckpt); "
+                                    "a store holds coordinates only")
     try:
-        source.check(bench.references + bench.queries)
+        if isinstance(source, StoreMaps):
+            source.check(bench.references + bench.queries)
         info(f"{dataset}: {len(bench.references)} references, {len(bench.queries)} queries — {bench.choice}", state)
         from coordgan_cli.metrics.protocol import run_fullres, run_paper
 
@@ -314,22 +364,23 @@ def evaluate(
             task = progress.add_task(f"evaluate ({protocol})", total=len(bench.queries), rate="")
             step = lambda n: progress.update(task, advance=n)  # noqa: E731
             if protocol == "paper":
-                result = run_paper(bench, source, tau=tau, mode=matcher, progress=step)
+                result = run_paper(bench, source, tau=tau, mode=matcher, extra_baselines=extra_baselines,
+                                   progress=step)
             else:
                 result = run_fullres(bench, source, tau=tau, mode=matcher, progress=step)
         extra: dict = {}
         if dataset == "synthetic":
             extra.update(_synthetic_extra(bench, source))
-        model_reason = "needs a model (--ckpt); only precomputed maps were given (--store)"
+        if ckpt is None:
+            model_reason = "needs a model (--ckpt); only precomputed maps were given (--store)"
+        else:
+            model_reason = "not wired into evaluate yet (the FID module metrics/fid.py works offline)"
         extra["generation"] = {"available": False, "reason": f"FID {model_reason}"}
         extra["disentanglement"] = {"available": False, "reason": f"swap distances {model_reason}; "
                                     "identity distance also needs an installed face-identity model"}
         extra["reconstruction"] = {"available": False, "reason": f"encoder reconstruction {model_reason}"}
-        report = build_report(
-            bench, result, maps_label=f"store {store.name}", matcher=matcher, tau=tau,
-            unavailable={"cosine_nn": "cosine nearest neighbour needs the model's own features (--ckpt); "
-                                      "a store holds coordinates only"},
-            extra=extra)
+        report = build_report(bench, result, maps_label=maps_label, matcher=matcher, tau=tau,
+                              unavailable=unavailable, extra=extra)
     finally:
         source.close()
     if out is not None:

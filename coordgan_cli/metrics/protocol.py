@@ -126,6 +126,11 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         coords = cmap.reshape(2, -1).T
         # Soft labels for the vote (ignore mass dropped: it votes for no class).
         labels = soft[:c].reshape(c, -1).T
+        valid = source.valid(r, hw)
+        if valid is not None:
+            # A store's `valid` marks pixels whose coordinate means nothing (background beyond
+            # the object, occluders): they carry no vote. Model maps have no such mask.
+            labels = labels * valid.reshape(-1, 1)
         refs.append((r.name, coords, labels, hard_labels(soft)))
     acc = {name: IoUAccumulator(c) for name, *_ in refs}
     identity = {name: IoUAccumulator(c) for name, *_ in refs}
@@ -157,7 +162,8 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
     refs = []
     for r in bench.references:
         mask = bench.read_mask(r)
-        refs.append((source.map(r, mask.shape), mask))
+        valid = source.valid(r, mask.shape)
+        refs.append((source.map(r, mask.shape), mask) if valid is None else (source.map(r, mask.shape), mask, valid))
     fused_name = "fused: " + ", ".join(r.name for r in bench.references)
     acc = IoUAccumulator(c)
     identity = IoUAccumulator(c)
@@ -168,7 +174,8 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
         acc.update(np.asarray(labels), truth)
         # Identity baseline: each reference mask resized to the query, majority over references.
         counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
-        for _m, mask in refs:
+        for ref in refs:
+            mask = ref[1]
             resized = resize_labels_nearest(mask, truth.shape)
             ids = np.where(resized == IGNORE, c, np.minimum(resized, c))
             np.add.at(counts, (ids,) + tuple(np.indices(truth.shape)), 1)
@@ -245,3 +252,27 @@ def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: Map
                       "coordinates; pixels = per-axis × (size − 1)/2",
     }
     return out
+
+
+def cosine_nn_labels(reference_features: np.ndarray, query_features: np.ndarray, reference_labels: np.ndarray,
+                     size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """Baseline: each query pixel copies the label of the reference pixel with the most similar
+    feature (cosine similarity), both feature maps resized bilinearly to ``size``.
+
+    Args:
+        reference_features, query_features: (C, h, w) feature maps.
+        reference_labels: (H·W,) int labels of the reference at ``size``.
+
+    Returns:
+        (H, W) uint8 labels.
+    """
+    def prep(f: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))[None]
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0]
+        return F.normalize(t.reshape(t.shape[0], -1).T, dim=1)
+
+    fr, fq = prep(reference_features), prep(query_features)
+    best = torch.empty(fq.shape[0], dtype=torch.long)
+    for start in range(0, fq.shape[0], chunk):
+        best[start:start + chunk] = (fq[start:start + chunk] @ fr.T).argmax(dim=1)
+    return np.asarray(reference_labels)[best.numpy()].reshape(size).astype(np.uint8)
