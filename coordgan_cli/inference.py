@@ -69,6 +69,23 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None, model_name: str | No
     return path
 
 
+# The matcher `propagate --matcher correlation|ensemble` uses when no --matcher-ckpt is given, once
+# one ships as coordgan_cli/shipped/<DEFAULT_MATCHER>.pt (a `coordgan train-matcher` checkpoint).
+DEFAULT_MATCHER = "synthetic-matcher"
+
+
+def resolve_matcher(ckpt_path: str | os.PathLike | None, model_name: str | None = None) -> Path:
+    """A matcher checkpoint path: the explicit path, else the named shipped model, else the shipped
+    default matcher (``DEFAULT_MATCHER``); UserError saying to pass --matcher-ckpt when none applies."""
+    if ckpt_path is not None or model_name is not None:
+        return resolve_checkpoint(ckpt_path, model_name)
+    default = SHIPPED_DIR / f"{DEFAULT_MATCHER}.pt"
+    if default.is_file():
+        return default
+    raise UserError("no feature matcher: pass --matcher-ckpt M.pt (the latest.pt of `coordgan train-matcher`); "
+                    "this build ships no matcher")
+
+
 def generator_state(data: Mapping[str, Any], path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The generator weights to use from a loaded checkpoint: the EMA copy when there is one."""
     ema = data.get("ema") or {}

@@ -1,7 +1,10 @@
 """``coordgan propagate``: label a folder from a few annotated references.
 
 Parse, check every input up front (so a mistake is one clear error before any output), then
-stream the queries one at a time: map → exact vote (``correspondence.vote``) → files. Each
+stream the queries one at a time: map → exact vote (``correspondence.vote``) → files. With
+``--matcher correlation`` a trained feature matcher replaces the maps (CoCosNet correlation,
+``correspondence.correlation``); ``--matcher ensemble`` averages both votes' class probabilities
+(``correspondence.ensemble``). Each
 finished query is recorded in ``OUT/progress.jsonl``; a rerun skips recorded queries whose label
 PNG exists, and the COCO files and the report are assembled from those records at the end.
 """
@@ -23,6 +26,7 @@ from coordgan_cli.cli._common import get_state, info, print_json, track, warn
 from coordgan_cli.errors import UserError
 
 PROGRESS = "progress.jsonl"
+MATCHERS = ("coordinates", "correlation", "ensemble")
 
 
 @dataclass
@@ -252,6 +256,12 @@ def propagate(
     polygons: bool = typer.Option(False, "--polygons", help="COCO segmentations as polygons instead of RLE."),
     ref_keypoints: Optional[Path] = typer.Option(None, "--ref-keypoints", help="COCO keypoints of the references: "
                                                  "transfer them to every query (OUT/keypoints.json)."),
+    matcher: str = typer.Option("coordinates", "--matcher", help="coordinates (vote in canonical-coordinate space; "
+                                "needs maps) | correlation (a trained feature matcher's CoCosNet correlation; no "
+                                "maps) | ensemble (average of both votes' class probabilities)."),
+    matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (the "
+                                                "latest.pt of `coordgan train-matcher`) for --matcher correlation/"
+                                                "ensemble; its recipe's tau, k and patch drive the correlation."),
     report_limit: int = typer.Option(500, "--report-limit", help="Picture rows in report.html (least confident first)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -265,7 +275,10 @@ def propagate(
         raise UserError(f"--tau must be positive, got {tau}")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints)
+    uses_maps = matcher != "correlation"  # coordinates and ensemble vote on correspondence maps
 
+    from coordgan_cli.correspondence.ensemble import coordinate_probabilities, fuse_probabilities
     from coordgan_cli.correspondence.keypoints import transfer_keypoints
     from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points
     from coordgan_cli.io.coco import categories as coco_categories
@@ -344,21 +357,31 @@ def propagate(
     if ref_keypoints is not None:
         kp_category, kp_refs = _read_ref_keypoints(ref_keypoints, references)
 
+    # ---- feature matcher (correlation / ensemble) ---------------------------------------------
+    correlation = None
+    if matcher != "coordinates":
+        correlation = _CorrelationMatcher(matcher_ckpt, references, num_classes, state.torch_device())
+
     # ---- maps ---------------------------------------------------------------------------------
     write_back = store is not None
-    source = MapSource(store, ckpt, state.torch_device() if store is None else "cpu", write_back)
+    source = MapSource(store, ckpt, state.torch_device() if store is None else "cpu", write_back) if uses_maps else None
     try:
-        for r in references:
-            image = read_image(r.image) if source.model is not None else None
-            r.correspondence, r.valid, _ = source.maps(image, r.candidates, r.size,  # type: ignore[attr-defined]
-                                                       f"reference {r.image.name}")
-        prepared = prepare_references([reference_points(r.correspondence, r.mask, r.valid) for r in references],
-                                      num_classes, tau)
+        prepared = None
+        if source is not None:
+            for r in references:
+                image = read_image(r.image) if source.model is not None else None
+                r.correspondence, r.valid, _ = source.maps(image, r.candidates, r.size,  # type: ignore[attr-defined]
+                                                           f"reference {r.image.name}")
+            prepared = prepare_references([reference_points(r.correspondence, r.mask, r.valid) for r in references],
+                                          num_classes, tau)
         settings = {
             "refs": [[r.name, hashlib.sha256(r.mask.tobytes()).hexdigest()] for r in references],
             "mode": mode, "tau": tau, "min_confidence": min_confidence, "polygons": polygons,
-            "maps": str(store.resolve()) if store else str(ckpt.resolve()),
+            "maps": (str(store.resolve()) if store else str(ckpt.resolve())) if uses_maps else None,
             "keypoints": str(ref_keypoints.resolve()) if ref_keypoints else None,
+            # The matcher and its weights: resuming with another one would mix two methods in one folder.
+            "matcher": matcher,
+            "matcher_sha256": correlation.sha256 if correlation is not None else None,
         }
         key = _settings_key(settings)
         out.mkdir(parents=True, exist_ok=True)
@@ -391,8 +414,17 @@ def propagate(
                     skipped.append({"name": name, "reason": exc.message})
                     continue
                 size = image.shape[:2]
-                cmap, valid, row = source.maps(image, _name_candidates(name), size, f"query {name}")
-                lab, conf, _ = propagate_map(cmap, prepared, num_classes, query_valid=valid, tau=tau, mode=mode)
+                cmap = valid = row = None
+                if source is not None:
+                    cmap, valid, row = source.maps(image, _name_candidates(name), size, f"query {name}")
+                if matcher == "coordinates":
+                    lab, conf, _ = propagate_map(cmap, prepared, num_classes, query_valid=valid, tau=tau, mode=mode)
+                elif matcher == "correlation":
+                    lab, conf, _ = fuse_probabilities(correlation.probabilities(image))
+                else:
+                    coordinate, _ = coordinate_probabilities(cmap, prepared, num_classes, query_valid=valid,
+                                                             tau=tau, mode=mode)
+                    lab, conf, _ = fuse_probabilities(coordinate, correlation.probabilities(image))
                 if min_confidence is not None:
                     lab = np.where(conf < min_confidence, IGNORE, lab).astype(np.uint8)
                 write_mask(label_png, lab, labels)
@@ -419,7 +451,8 @@ def propagate(
                 done[name] = _light(record, _append(progress_file, record))
                 new_count += 1
     finally:
-        source.close()
+        if source is not None:
+            source.close()
     for note in sorted(store_notes):
         info(f"note: {note}", state)
 
@@ -449,11 +482,11 @@ def propagate(
     seconds = time.perf_counter() - started
     write_report(out / "report.html", report_records, title="coordgan propagate — review",
                  summary={"queries": len(finished), "references": ", ".join(r.name for r in references),
-                          "mode": mode, "tau": tau,
+                          "matcher": matcher, "mode": mode, "tau": tau,
                           "mean confidence": f"{mean_conf:.3f}" if mean_conf is not None else "n/a"},
                  legend=[(labels.names[i], labels.colours[i]) for i in labels.ids], limit=report_limit)
     summary = {
-        "count": len(finished), "new": new_count, "resumed": resumed, "skipped": skipped,
+        "count": len(finished), "new": new_count, "resumed": resumed, "skipped": skipped, "matcher": matcher,
         "seconds": round(seconds, 3), "mean_confidence": mean_conf, "outputs": outputs,
     }
     for s in skipped:
@@ -465,6 +498,52 @@ def propagate(
              f"skipped) in {seconds:.1f} s; mean confidence "
              f"{mean_conf:.3f}" if mean_conf is not None else "no images labelled", state)
         info(f"outputs in {out}: labels/, annotations.json, overlays/, confidence/, report.html", state)
+
+
+def _check_matcher_options(matcher: str, matcher_ckpt: Optional[Path], store: Optional[Path], ckpt: Optional[Path],
+                           mode: str, ref_keypoints: Optional[Path]) -> None:
+    """Refuse option combinations that would silently do something other than asked."""
+    if matcher not in MATCHERS:
+        raise UserError(f"--matcher must be one of {', '.join(MATCHERS)}, got {matcher!r}")
+    if matcher == "coordinates" and matcher_ckpt is not None:
+        raise UserError("--matcher-ckpt is used by --matcher correlation or ensemble, not coordinates")
+    if matcher == "correlation":
+        if store is not None or ckpt is not None:
+            raise UserError("--matcher correlation uses no correspondence maps: drop --store/--ckpt, or use "
+                            "--matcher ensemble to combine the maps' vote with the correlation")
+        if mode != "soft":
+            raise UserError("--mode applies to the coordinate vote; --matcher correlation is always the soft "
+                            "CoCosNet correlation (use --matcher ensemble to combine it with a hard vote)")
+        if ref_keypoints is not None:
+            raise UserError("--ref-keypoints transfers keypoints through correspondence maps: use --matcher "
+                            "coordinates or ensemble (with --store or --ckpt)")
+
+
+class _CorrelationMatcher:
+    """A trained feature matcher with the references' features prepared once for all queries."""
+
+    def __init__(self, matcher_ckpt: Optional[Path], references: list[Reference], num_classes: int, device) -> None:
+        from coordgan_cli.correspondence.correlation import prepare_correlation_references
+        from coordgan_cli.inference import resolve_matcher
+        from coordgan_cli.io.checkpoint import file_sha256
+        from coordgan_cli.io.images import read_image
+        from coordgan_cli.training.matcher import load_matcher
+
+        path = resolve_matcher(matcher_ckpt)
+        self.network, self.config = load_matcher(path, device)
+        self.sha256 = file_sha256(path)
+        self.device = device
+        self.references = prepare_correlation_references(
+            [(read_image(r.image), r.mask) for r in references], self.network, num_classes, device=device,
+            patch=self.config.patch)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) query → (C, H, W) float32 warped one-hot reference labels."""
+        from coordgan_cli.correspondence.correlation import correlation_probabilities
+
+        probabilities = correlation_probabilities(image, self.references, self.network, tau=self.config.tau,
+                                                  k=self.config.k, device=self.device, patch=self.config.patch)
+        return probabilities.float().cpu().numpy()
 
 
 def _write_pictures(out: Path, stem: str, image: np.ndarray, lab: np.ndarray, conf: np.ndarray,

@@ -172,6 +172,62 @@ def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return (t / 127.5 - 1.0).unsqueeze(0)
 
 
+class CorrelationReferences(NamedTuple):
+    """Reference positions pooled for correlation, computed once and reused for every query.
+
+    features: (D', N) normalised matcher features of the labelled positions of all references.
+    onehot:   (C, N) their one-hot labels (ignore pixels are left out of N).
+    """
+
+    features: torch.Tensor
+    onehot: torch.Tensor
+
+
+def prepare_correlation_references(refs: Sequence[tuple[np.ndarray, np.ndarray]], matcher: torch.nn.Module,
+                                   num_classes: int, *, device: torch.device | str = "cpu", patch: bool = False,
+                                   ignore: int = 255) -> CorrelationReferences:
+    """Features and one-hot labels of the references' labelled positions, pooled.
+
+    refs: [(ref_image uint8 (Hr, Wr, 3), ref_mask uint8 (Hr, Wr))], sizes may differ. ``matcher``
+    maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features. Pixels marked ``ignore`` are
+    left out of the candidate positions. Tensors live on ``device``.
+    """
+    if not refs:
+        raise UserError("propagate: at least one reference (image, mask) is needed")
+    device = torch.device(device)
+    feats, onehots = [], []
+    with torch.no_grad():
+        for ref_image, ref_mask in refs:
+            if ref_mask.shape != ref_image.shape[:2]:
+                raise UserError(f"reference mask size {ref_mask.shape} differs from its image size {ref_image.shape[:2]}")
+            f = normalise_features(matcher(_image_tensor(ref_image, device))[0], patch=patch)
+            mask = torch.from_numpy(np.ascontiguousarray(ref_mask)).to(device)
+            keep = (mask != ignore).reshape(-1)
+            feats.append(f.reshape(f.shape[0], -1)[:, keep])
+            onehots.append(one_hot_mask(mask, num_classes, ignore).reshape(num_classes, -1)[:, keep])
+    features = torch.cat(feats, dim=1)
+    if features.shape[1] == 0:
+        raise UserError("propagate: every reference pixel is marked ignore (255)")
+    return CorrelationReferences(features, torch.cat(onehots, dim=1))
+
+
+def correlation_probabilities(query_image: np.ndarray, references: CorrelationReferences, matcher: torch.nn.Module,
+                              *, tau: float = 0.01, k: Optional[int] = 128, device: torch.device | str = "cpu",
+                              patch: bool = False) -> torch.Tensor:
+    """Warped one-hot reference labels on a query image: (C, H, W) float, each pixel sums to 1.
+
+    query_image: uint8 (H, W, 3); ``references`` from :func:`prepare_correlation_references` (same
+    ``matcher`` and ``patch``). Each query pixel's softmax runs over the top-k positions of all
+    references together, so the best-matching reference wins locally.
+    """
+    with torch.no_grad():
+        query = normalise_features(matcher(_image_tensor(query_image, torch.device(device)))[0], patch=patch)
+        # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
+        result = correlation_chunked(query, references.features.unsqueeze(1), references.onehot.unsqueeze(1),
+                                     tau=tau, k=k, normalise=False)
+    return result.probabilities
+
+
 def propagate_correlation(query_image: np.ndarray, refs: Sequence[tuple[np.ndarray, np.ndarray]],
                           matcher: torch.nn.Module, num_classes: int, *, tau: float = 0.01, k: int = 128,
                           device: torch.device | str = "cpu", patch: bool = False,
@@ -181,30 +237,13 @@ def propagate_correlation(query_image: np.ndarray, refs: Sequence[tuple[np.ndarr
     query_image: uint8 (H, W, 3). refs: [(ref_image uint8 (Hr, Wr, 3), ref_mask uint8 (Hr, Wr))]
     — reference sizes may differ from the query and from each other. ``matcher`` maps a (1, 3, H,
     W) image in [-1, 1] to (1, D, H, W) per-pixel features (``coordgan_cli.models.matcher``).
-    Several references are fused by pooling their positions: each query pixel's softmax runs over
-    the top-k positions of all references together, so the best-matching reference wins locally.
+    Several references are fused by pooling their positions (see :func:`correlation_probabilities`).
     Pixels marked ``ignore`` in a reference mask are left out of the candidate positions.
     Returns (labels uint8 (H, W), confidence float32 (H, W) = the winning class probability).
+    For many queries, prepare the references once and call :func:`correlation_probabilities`.
     """
-    if not refs:
-        raise UserError("propagate: at least one reference (image, mask) is needed")
-    device = torch.device(device)
-    feats, onehots = [], []
-    with torch.no_grad():
-        query = normalise_features(matcher(_image_tensor(query_image, device))[0], patch=patch)
-        for ref_image, ref_mask in refs:
-            if ref_mask.shape != ref_image.shape[:2]:
-                raise UserError(f"reference mask size {ref_mask.shape} differs from its image size {ref_image.shape[:2]}")
-            f = normalise_features(matcher(_image_tensor(ref_image, device))[0], patch=patch)
-            mask = torch.from_numpy(np.ascontiguousarray(ref_mask)).to(device)
-            keep = (mask != ignore).reshape(-1)
-            feats.append(f.reshape(f.shape[0], -1)[:, keep])
-            onehots.append(one_hot_mask(mask, num_classes, ignore).reshape(num_classes, -1)[:, keep])
-        ref_feats = torch.cat(feats, dim=1)
-        if ref_feats.shape[1] == 0:
-            raise UserError("propagate: every reference pixel is marked ignore (255)")
-        # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
-        result = correlation_chunked(query, ref_feats.unsqueeze(1), torch.cat(onehots, dim=1).unsqueeze(1),
-                                     tau=tau, k=k, normalise=False)
-    labels = result.probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
-    return labels, result.confidence.float().cpu().numpy()
+    prepared = prepare_correlation_references(refs, matcher, num_classes, device=device, patch=patch, ignore=ignore)
+    probabilities = correlation_probabilities(query_image, prepared, matcher, tau=tau, k=k, device=device,
+                                              patch=patch)
+    labels = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    return labels, probabilities.max(dim=0).values.float().cpu().numpy()
