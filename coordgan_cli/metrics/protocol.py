@@ -94,23 +94,29 @@ class ProtocolResult:
 
 
 def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
-                 tau: float, mode: str) -> np.ndarray:
+                 tau: float, mode: str, scored: Optional[np.ndarray] = None) -> np.ndarray:
     """Vote over [(ref_coords (Nr, 2), ref_soft_labels (Nr, C))] → (H, W) uint8 labels."""
     from coordgan_cli.correspondence.vote import vote
 
     _, h, w = query_map.shape
     query = query_map.reshape(2, -1).T
+    # Only pixels that are scored need a vote: predictions on ground-truth background or ignore
+    # pixels never count, so leaving them background changes no number.
+    pick = np.flatnonzero(scored.reshape(-1)) if scored is not None else np.arange(h * w)
+    query = query[pick]
     # Vote only over classes some reference carries (e.g. 9 of face-34's 34): the same arg-max,
     # since absent classes get zero mass, at a fraction of the cost.
     present = np.zeros(num_classes, dtype=bool)
     for _coords, labels in references:
         present |= np.asarray(labels).sum(axis=0) > 0
-    if not present.any():
-        return np.zeros((h, w), dtype=np.uint8)
+    out = np.zeros(h * w, dtype=np.uint8)
+    if not present.any() or len(pick) == 0:
+        return out.reshape(h, w)
     kept = np.flatnonzero(present)
     compact = [(coords, np.asarray(labels)[:, kept]) for coords, labels in references]
     result = vote(query, compact, len(kept), tau=tau, mode=mode)
-    return kept[np.asarray(result.labels)].reshape(h, w).astype(np.uint8)
+    out[pick] = kept[np.asarray(result.labels)]
+    return out.reshape(h, w)
 
 
 def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
@@ -139,7 +145,7 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         truth = hard_labels(soft_one_hot(bench.read_mask(q), c, hw))
         qmap = source.map(q, hw)
         for name, coords, labels, ref_hard in refs:
-            pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode)
+            pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=(truth > 0) & (truth != IGNORE))
             acc[name].update(pred, truth)
             identity[name].update(ref_hard, truth)
         for key, fn in (extra_baselines or {}).items():
@@ -170,7 +176,9 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
     for q in bench.queries:
         truth = bench.read_mask(q)
         qmap = source.map(q, truth.shape)
-        labels, _confidence, _distance = propagate_map(qmap, refs, c, tau=tau, mode=mode)
+        # Unscored pixels (truth background / ignore) need no vote: see _vote_labels.
+        labels, _confidence, _distance = propagate_map(qmap, refs, c, tau=tau, mode=mode,
+                                                       query_valid=(truth > 0) & (truth != IGNORE))
         acc.update(np.asarray(labels), truth)
         # Identity baseline: each reference mask resized to the query, majority over references.
         counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
