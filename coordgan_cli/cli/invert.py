@@ -5,6 +5,7 @@ Also ``coordgan invert --merge a.h5 b.h5 … --out all.h5`` to join shards.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -107,7 +108,11 @@ def invert_command(
             )
         result = summary.to_json()
         if dist.active:
-            dist.barrier()
+            # Totals over all ranks (the mean times the number of ranks).
+            totals = dist.average_scalars({"count": float(summary.written), "already_done": float(summary.already_done),
+                                           "inputs": float(summary.inputs)})
+            for key, value in totals.items():
+                result[key] = int(round(value * dist.world_size))
             if dist.is_main:
                 from coordgan_cli.inversion import merge_stores, sidecar_path
 
@@ -116,8 +121,11 @@ def invert_command(
                 for p in parts:
                     p.unlink(missing_ok=True)
                     sidecar_path(p).unlink(missing_ok=True)
+                merged_side = sidecar_path(out)
+                result["skipped"] = json.loads(merged_side.read_text())["skipped"] if merged_side.is_file() else []
                 result["out"] = str(out)
                 result["ranks"] = dist.world_size
+                result["shard"] = None
             dist.barrier()
     finally:
         teardown(dist)
