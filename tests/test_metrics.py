@@ -140,3 +140,17 @@ def test_fid_runs_offline_and_caches(tmp_path, device):
     mu_b, s_b, _, _ = folder_statistics(tmp_path / "b", device=device, batch_size=3)
     assert frechet_distance(mu_a, s_a, mu_a, s_a) == pytest.approx(0.0, abs=1e-3)
     assert frechet_distance(mu_a, s_a, mu_b, s_b) > 1.0
+
+
+def test_frechet_distance_matches_the_matrix_square_root_form():
+    import scipy.linalg
+
+    from coordgan_cli.metrics.fid import frechet_distance
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(150, 16)) * 1.5 + 0.2
+    m1, m2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = (m1 - m2) @ (m1 - m2) + np.trace(s1 + s2) - 2 * np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-9)

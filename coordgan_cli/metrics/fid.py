@@ -109,22 +109,20 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)."""
-    import warnings
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½).
 
-    import scipy.linalg
-
+    Tr((Σ1 Σ2)^½) is computed from the symmetric matrix Σ1^½ Σ2 Σ1^½, which is similar to Σ1 Σ2
+    and so has the same eigenvalues: two symmetric eigendecompositions instead of a general
+    matrix square root (``scipy.linalg.sqrtm``), about ten times faster at 2048² and free of
+    the complex round-off sqrtm gives for singular covariances.
+    """
     diff = mu1 - mu2
-    with warnings.catch_warnings():
-        # With fewer images than feature dimensions the covariances are singular; sqrtm still
-        # returns the usual (slightly inexact) value, as every FID implementation accepts.
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            eps = np.eye(sigma1.shape[0]) * 1e-6
-            covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    evals1, evecs1 = np.linalg.eigh(np.asarray(sigma1, dtype=np.float64))
+    root1 = (evecs1 * np.sqrt(np.clip(evals1, 0.0, None))) @ evecs1.T
+    middle = root1 @ np.asarray(sigma2, dtype=np.float64) @ root1
+    evals = np.linalg.eigvalsh((middle + middle.T) / 2.0)
+    trace_covmean = float(np.sqrt(np.clip(evals, 0.0, None)).sum())
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def dataset_hash(paths: list[Path], root: Path) -> str:
