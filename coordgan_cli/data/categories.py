@@ -22,6 +22,7 @@ the canonical side.
 from __future__ import annotations
 
 import math
+import abc
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,15 +35,16 @@ from coordgan_cli.errors import UserError
 # ---------------------------------------------------------------------------------------------
 
 
-class Shape:
+class Shape(abc.ABC):
     """A region of the canonical frame given by a field: ``field(u, v) > 0`` inside."""
 
-    def field(self, u: Any, v: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def field(self, u: Any, v: Any) -> Any:
+        """Signed field over canonical coordinates: positive inside the region."""
 
-    def bounds(self) -> tuple[float, float, float, float]:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def bounds(self) -> tuple[float, float, float, float]:
         """A box ``(u_min, u_max, v_min, v_max)`` that holds the whole region (may be infinite)."""
-        raise NotImplementedError
 
     # CSG sugar: a & b (intersection), a | b (union), a - b (difference).
     def __and__(self, other: "Shape") -> "Shape":
