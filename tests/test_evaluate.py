@@ -126,7 +126,7 @@ def test_synthetic_fullres_table_and_outputs(tmp_path):
     assert list(report["per_reference"]) == ["fused: 000001.png, 000003.png"]
     assert report["miou"] > 0.9
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == "class,maps,identity,cosine_nn" and csv_lines[-1].startswith("mean,")
+    assert csv_lines[0] == "class,coordinates,correlation,ensemble,identity,cosine_nn" and csv_lines[-1].startswith("mean,")
     assert "| **mean** |" in (out / "results.md").read_text()
     with Image.open(out / "per_class_iou.png") as img:
         assert img.format == "PNG" and img.width > 100
@@ -146,7 +146,7 @@ def test_synthetic_errors_name_what_is_missing(tmp_path):
     assert r.exit_code == 2
     assert "images/" in r.stderr and "masks/" in r.stderr and "labels.json" in r.stderr
     r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root)])
-    assert r.exit_code == 2 and "exactly one of --ckpt" in r.stderr
+    assert r.exit_code == 2 and "give --ckpt" in r.stderr
     r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--ckpt", "x.pt"])
     assert r.exit_code == 2 and "--ckpt" in r.stderr
 

@@ -19,7 +19,7 @@ from coordgan_cli.metrics.iou import IoUResult
 from coordgan_cli.metrics.protocol import PAPER_TAU, ProtocolResult, resize_labels_nearest, resize_map
 
 PROTOCOLS = ("paper", "fullres")
-MATCHERS = ("soft", "hard")
+VOTES = ("soft", "hard")
 
 
 class StoreMaps:
@@ -71,12 +71,11 @@ class StoreMaps:
 
 
 class ModelMaps:
-    """Correspondence maps (structure path + warp MLP) and encoder features from a checkpoint."""
+    """Correspondence maps (structure path + warp MLP) and encoder features of a loaded
+    ``inference.CorrespondenceModel`` (an encoder checkpoint)."""
 
-    def __init__(self, ckpt: Path, device) -> None:
-        from coordgan_cli.inference import load_correspondence_model
-
-        self.model = load_correspondence_model(ckpt, device)
+    def __init__(self, model) -> None:
+        self.model = model
         self._maps: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self._feats: dict[str, np.ndarray] = {}
 
@@ -124,22 +123,42 @@ def _iou_json(bench: Benchmark, res: IoUResult) -> dict:
     }
 
 
-def build_report(bench: Benchmark, result: ProtocolResult, *, maps_label: str, matcher: str, tau: float,
+MATCHER_ORDER = ("coordinates", "correlation", "ensemble")
+
+
+def build_report(bench: Benchmark, result: ProtocolResult, *, maps_label: str, vote: str, tau: float,
                  unavailable: dict[str, str], extra: dict) -> dict:
-    """The ``--json`` object."""
+    """The ``--json`` object.
+
+    ``miou`` / ``per_class`` / ``per_reference`` are the coordinate vote on the maps (also
+    ``matchers["coordinates"]``); ``matchers`` holds every matcher scored (``correlation``,
+    ``ensemble`` when a feature matcher was given), ``baselines`` the identity / cosine-NN ones.
+    ``unavailable``: method name → reason, for matchers or baselines that were not computed.
+    """
     main = _iou_json(bench, result.maps)
+    matchers: dict = {"coordinates": main}
+    for k, v in result.matchers.items():
+        matchers[k] = _iou_json(bench, v)
     baselines: dict = {k: _iou_json(bench, v) for k, v in result.baselines.items()}
     for k, reason in unavailable.items():
-        baselines[k] = {"available": False, "reason": reason}
+        entry = {"available": False, "reason": reason}
+        if k in MATCHER_ORDER:
+            matchers[k] = entry
+        else:
+            baselines[k] = entry
+    matchers = {k: matchers[k] for k in MATCHER_ORDER if k in matchers}
     report = {
         "dataset": bench.dataset,
         "protocol": result.protocol,
         "miou": main["miou"],
         "per_class": main["per_class"],
         "per_reference": main["per_reference"],
+        "matchers": matchers,
         "baselines": baselines,
         "maps": maps_label,
-        "matcher": {"mode": matcher, "tau": tau},
+        "vote": {"mode": vote, "tau": tau},
+        # Older name of "vote" (the coordinate vote's settings), kept for existing readers.
+        "matcher": {"mode": vote, "tau": tau},
         "resolution": result.size if result.protocol == "paper" else "native",
         "references": [r.name for r in bench.references],
         "queries": len(bench.queries),
@@ -153,10 +172,10 @@ def build_report(bench: Benchmark, result: ProtocolResult, *, maps_label: str, m
 
 
 def _methods(report: dict) -> list[tuple[str, dict]]:
-    out = [("maps", {"per_class": report["per_class"], "miou": report["miou"]})]
-    for k, v in report["baselines"].items():
-        out.append((k, v))
-    return out
+    """(column name, entry) for every matcher then every baseline; entries without ``per_class``
+    are unavailable."""
+    matchers = report.get("matchers") or {"coordinates": {"per_class": report["per_class"], "miou": report["miou"]}}
+    return list(matchers.items()) + list(report["baselines"].items())
 
 
 def _fmt(v) -> str:
@@ -169,12 +188,12 @@ def render_table(report: dict):
     methods = _methods(report)
     title = (f"{report['dataset']} — protocol {report['protocol']} "
              f"({'128²' if report['protocol'] == 'paper' else 'native resolution'}, "
-             f"{report['matcher']['mode']} vote τ={report['matcher']['tau']:g}) — IoU %")
+             f"{report['vote']['mode']} vote τ={report['vote']['tau']:g}) — IoU %")
     table = Table(title=title, caption=f"references: {', '.join(report['references'])}; "
                                        f"{report['queries']} queries; {report['choice']}")
     table.add_column("class")
     for name, m in methods:
-        label = f"{name} ({report['maps']})" if name == "maps" else name
+        label = f"{name} ({report['maps']})" if name == "coordinates" else name
         table.add_column(label, justify="right")
     for cls in report["per_class"]:
         table.add_row(cls, *[_fmt(m["per_class"].get(cls)) if "per_class" in m else "n/a" for _, m in methods])
@@ -195,10 +214,40 @@ def _csv_text(report: dict) -> str:
     return buf.getvalue()
 
 
+def _model_metric_lines(report: dict) -> list[str]:
+    """Plain-text lines for FID, disentanglement and reconstruction (table footer, markdown)."""
+    lines = []
+    fid = report.get("fid")
+    if isinstance(fid, dict):
+        if fid.get("available", True):
+            lines.append(f"FID {fid['value']:.2f} ({fid['samples']} samples vs {fid['real_images']} real images in "
+                         f"{fid['real_folder']}; compare only at equal sample counts)")
+        else:
+            lines.append(f"FID: unavailable — {fid['reason']}")
+    dis = report.get("disentanglement")
+    if isinstance(dis, dict):
+        if dis.get("available", True):
+            t, st = dis["texture_swap"], dis["structure_swap"]
+            lines.append(f"disentanglement ({dis['perceptual']}, {t['pairs']} pairs): texture swap "
+                         f"{t['mean']:.4f} ± {t['std']:.4f} (lower keeps structure), structure swap "
+                         f"{st['mean']:.4f} ± {st['std']:.4f}; identity: unavailable — {dis['identity']['reason']}")
+        else:
+            lines.append(f"disentanglement: unavailable — {dis['reason']}")
+    rec = report.get("reconstruction")
+    if isinstance(rec, dict):
+        if rec.get("available", True):
+            psnr = "exact" if rec["psnr"] is None else f"{rec['psnr']:.2f} dB"
+            lines.append(f"reconstruction ({rec['images']} images at {rec['size']}²): MSE {rec['mse']:.5f} "
+                         f"(PSNR {psnr}), {rec['perceptual_backend']} {rec['perceptual']['mean']:.4f}")
+        else:
+            lines.append(f"reconstruction: unavailable — {rec['reason']}")
+    return lines
+
+
 def _markdown(report: dict) -> str:
     methods = _methods(report)
     lines = [f"# coordgan evaluate — {report['dataset']}, protocol `{report['protocol']}`", "",
-             f"Maps: {report['maps']}. Vote: {report['matcher']['mode']}, τ = {report['matcher']['tau']:g}. "
+             f"Maps: {report['maps']}. Coordinate vote: {report['vote']['mode']}, τ = {report['vote']['tau']:g}. "
              f"References: {', '.join(report['references'])}; {report['queries']} queries ({report['choice']}).", "",
              "IoU in %:", "",
              "| class | " + " | ".join(n for n, _ in methods) + " |",
@@ -214,6 +263,8 @@ def _markdown(report: dict) -> str:
     for key in ("pck", "epe"):
         if key in report:
             lines += ["", f"- {key}: `{json.dumps(report[key])}`"]
+    for line in _model_metric_lines(report):
+        lines += ["", f"- {line}"]
     return "\n".join(lines) + "\n"
 
 
@@ -223,12 +274,12 @@ def bar_chart_png(report: dict) -> bytes:
 
     methods = [(n, m) for n, m in _methods(report) if "per_class" in m]
     classes = list(report["per_class"])
-    colours = [(46, 110, 200), (230, 140, 40), (60, 170, 90), (170, 60, 160)]
+    colours = [(46, 110, 200), (230, 140, 40), (60, 170, 90), (170, 60, 160), (200, 60, 60), (120, 120, 120)]
     bar, gap, left, top, height = 10, 8, 60, 40, 260
     group = bar * len(methods) + gap
     width = left + group * max(len(classes), 1) + 20
     label_h = 120
-    img = Image.new("RGB", (max(width, 360), top + height + label_h), "white")
+    img = Image.new("RGB", (max(width, left + 240 + 110 * len(methods)), top + height + label_h), "white")
     draw = ImageDraw.Draw(img)
     draw.text((left, 8), f"{report['dataset']} / {report['protocol']}: per-class IoU", fill="black")
     for i, (name, _m) in enumerate(methods):
@@ -302,58 +353,166 @@ def _synthetic_extra(bench: Benchmark, source: StoreMaps) -> dict:
     return extra
 
 
+def _default_fid_cache() -> Path:
+    """``$XDG_CACHE_HOME/coordgan/fid`` (``~/.cache/coordgan/fid``): real-set FID statistics."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "coordgan" / "fid"
+
+
+def _resolve_vote(vote: Optional[str], legacy: Optional[str]) -> str:
+    """The coordinate vote mode from ``--vote`` or its older spelling ``--matcher soft|hard``."""
+    if legacy is not None and legacy not in VOTES:
+        if legacy in ("coordinates", "correlation", "ensemble"):
+            raise UserError(f"--matcher {legacy}: evaluate scores every matcher in one table (coordinates always; "
+                            "correlation and ensemble when --matcher-ckpt M.pt is given); the coordinate vote's "
+                            "mode is --vote soft|hard")
+        raise UserError(f"--matcher {legacy!r}: in evaluate this is the older name of --vote; choose soft or hard")
+    if vote is not None and vote not in VOTES:
+        raise UserError(f"--vote {vote!r}: choose soft or hard")
+    if vote is not None and legacy is not None and vote != legacy:
+        raise UserError(f"--vote {vote} and --matcher {legacy} disagree (--matcher soft|hard is the older name of "
+                        "--vote): give one")
+    return vote or legacy or "soft"
+
+
+def _count_option(value: int, option: str) -> int:
+    if value < 0:
+        raise UserError(f"{option} must be 0 (skip) or more, got {value}")
+    return value
+
+
 def evaluate(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", help=f"Benchmark layout: {' | '.join(DATASETS)}."),
     root: Path = typer.Option(..., "--root", help="Top folder of the benchmark tree (see README for each layout)."),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint: maps from its encoder + warp MLP."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Precomputed maps (HDF5 store, DESIGN §5) — any method."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint. An encoder checkpoint gives the maps "
+                                        "(encoder + warp MLP), the cosine-NN baseline and reconstruction; its "
+                                        "generator (or a generator checkpoint with --store) gives FID and swaps."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Precomputed maps (HDF5 store, DESIGN §5) — any method. "
+                                         "With --ckpt too, the maps come from the store."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (128², per-reference, as published) | fullres (ours)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.{json,csv,md} and per_class_iou.png here."),
     refs: Optional[str] = typer.Option(None, "--refs", help="Override the references: NAME,NAME,… (path, file name or stem)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Use only the first N non-reference images as queries."),
-    matcher: str = typer.Option("soft", "--matcher", help="soft (softmax vote, as in the paper) | hard (nearest coordinate)."),
+    vote: Optional[str] = typer.Option(None, "--vote", help="Coordinate vote: soft (softmax vote, as in the paper; "
+                                       "default) | hard (nearest coordinate)."),
+    legacy_matcher: Optional[str] = typer.Option(None, "--matcher", hidden=True,
+                                                 help="Older name of --vote (soft|hard)."),
+    matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (`coordgan "
+                                                "train-matcher`'s latest.pt): adds the correlation and ensemble "
+                                                "matchers to the table (default: the shipped matcher, if any)."),
     tau: float = typer.Option(PAPER_TAU, "--tau", help="Soft-vote temperature (paper: 0.01)."),
+    fid_real: Optional[Path] = typer.Option(None, "--fid-real", help="Folder of real images: FID of generated samples "
+                                            "against it (needs --ckpt; offline Inception, statistics cached)."),
+    fid_samples: int = typer.Option(1000, "--fid-samples", help="Generated samples for FID (paper: 50000)."),
+    fid_cache: Optional[Path] = typer.Option(None, "--fid-cache", help="Cache folder for real-set FID statistics "
+                                             "(default: ~/.cache/coordgan/fid)."),
+    perceptual: str = typer.Option("stlpips-alex", "--perceptual", help="Perceptual distance for disentanglement and "
+                                   "reconstruction: stlpips-alex | stlpips-vgg (offline) | lpips-alex | lpips-vgg "
+                                   "(need the torchvision backbone file)."),
+    swap_pairs: int = typer.Option(32, "--swap-pairs", help="Sampled (s, s', t, t') draws for the disentanglement "
+                                   "swap distances (needs --ckpt; 0 skips)."),
+    recon_images: int = typer.Option(32, "--recon-images", help="Benchmark images (references first) for the "
+                                     "encoder reconstruction error (needs an encoder --ckpt; 0 skips)."),
+    batch: int = typer.Option(16, "--batch", help="Batch size for generation, FID and reconstruction."),
 ) -> None:
-    """Score label propagation on a benchmark: mIoU per class, baselines side by side."""
+    """Score label propagation on a benchmark — every matcher (coordinates, correlation, ensemble)
+    beside the identity and cosine-NN baselines — plus FID, swap disentanglement and encoder
+    reconstruction for a model."""
     state = get_state(ctx)
     if dataset not in DATASETS:
         raise UserError(f"--dataset {dataset!r}: unknown; choose one of {', '.join(DATASETS)}")
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r}: choose paper or fullres")
-    if matcher not in MATCHERS:
-        raise UserError(f"--matcher {matcher!r}: choose soft or hard")
+    mode = _resolve_vote(vote, legacy_matcher)
     if not tau > 0:
         raise UserError(f"--tau must be positive, got {tau}")
-    if (ckpt is None) == (store is None):
-        raise UserError("give exactly one of --ckpt (a model) or --store (precomputed maps)")
+    if ckpt is None and store is None:
+        raise UserError("give --ckpt (a model: maps from its encoder) or --store (precomputed maps), or both")
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"--ckpt {ckpt}: file not found")
+    if store is not None and not store.is_file():
+        raise UserError(f"--store {store}: file not found")
+    if matcher_ckpt is not None and not matcher_ckpt.is_file():
+        raise UserError(f"--matcher-ckpt {matcher_ckpt}: file not found")
+    if fid_real is not None:
+        if ckpt is None:
+            raise UserError("--fid-real needs --ckpt (a generator to sample from)")
+        if not fid_real.is_dir():
+            raise UserError(f"--fid-real {fid_real}: folder not found")
+        if fid_samples < 2:
+            raise UserError(f"--fid-samples must be at least 2, got {fid_samples}")
+    _count_option(swap_pairs, "--swap-pairs")
+    _count_option(recon_images, "--recon-images")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
     ref_list = [r.strip() for r in refs.split(",") if r.strip()] if refs else None
     bench = load_benchmark(dataset, root, refs=ref_list, queries=queries)
+    device = state.torch_device()
+
+    model = None
+    if ckpt is not None:
+        from coordgan_cli.inference import load_correspondence_model
+
+        model = load_correspondence_model(ckpt, device, allow_generator_only=True)
+        if model.encoder is None and store is None:
+            raise UserError(f"--ckpt {ckpt}: a generator checkpoint gives no maps of real images; pass an encoder "
+                            "checkpoint, or add --store maps.h5 for the label propagation (the generator then "
+                            "serves FID and the swap metrics)")
+
     extra_baselines: dict = {}
     unavailable: dict[str, str] = {}
-    if ckpt is not None:
-        source = ModelMaps(ckpt, state.torch_device())
+    if store is not None:
+        source = StoreMaps(store)
+        maps_label = f"store {store.name}"
+    else:
+        source = ModelMaps(model)
         maps_label = f"model {ckpt.name}"
+    if model is not None and model.encoder is not None:
         if protocol == "paper":
             from coordgan_cli.metrics.protocol import cosine_nn_labels
 
-            def cosine(r, q, labels, hw, _src=source):
+            features = source if isinstance(source, ModelMaps) else ModelMaps(model)
+
+            def cosine(r, q, labels, hw, _src=features):
                 return cosine_nn_labels(_src.features(r), _src.features(q), labels.argmax(axis=1), hw)
 
             extra_baselines["cosine_nn"] = cosine
         else:
             unavailable["cosine_nn"] = "computed with --protocol paper only"
+    elif model is not None:
+        unavailable["cosine_nn"] = f"{ckpt.name} is a generator checkpoint: no encoder features"
     else:
-        assert store is not None
-        if not store.is_file():
-            raise UserError(f"--store {store}: file not found")
-        source = StoreMaps(store)
-        maps_label = f"store {store.name}"
         unavailable["cosine_nn"] = ("cosine nearest neighbour needs the model's own features (--ckpt); "
                                     "a store holds coordinates only")
+
+    correlation = None
+    correlation_info: dict
+    try:
+        from coordgan_cli.inference import resolve_matcher
+
+        matcher_path = resolve_matcher(matcher_ckpt)
+    except UserError as exc:
+        matcher_path = None
+        reason = f"no feature matcher: {exc.message}"
+        unavailable["correlation"] = reason
+        unavailable["ensemble"] = reason
+        correlation_info = {"available": False, "reason": reason}
+    if matcher_path is not None:
+        from coordgan_cli.io.checkpoint import file_sha256
+        from coordgan_cli.metrics.protocol import FeatureCorrelation
+        from coordgan_cli.training.matcher import load_matcher
+
+        network, mcfg = load_matcher(matcher_path, device)
+        correlation = FeatureCorrelation(network, tau=mcfg.tau, k=mcfg.k, patch=mcfg.patch, device=device)
+        correlation_info = {"checkpoint": str(matcher_path), "sha256": file_sha256(matcher_path), "tau": mcfg.tau,
+                            "k": mcfg.k, "patch": mcfg.patch,
+                            "resolution": 128 if protocol == "paper" else "native",
+                            "ensemble": "mean of the coordinate vote's class shares and the correlation's"}
+
     try:
         if isinstance(source, StoreMaps):
             source.check(bench.references + bench.queries)
@@ -364,22 +523,17 @@ def evaluate(
             task = progress.add_task(f"evaluate ({protocol})", total=len(bench.queries), rate="")
             step = lambda n: progress.update(task, advance=n)  # noqa: E731
             if protocol == "paper":
-                result = run_paper(bench, source, tau=tau, mode=matcher, extra_baselines=extra_baselines,
-                                   progress=step)
+                result = run_paper(bench, source, tau=tau, mode=mode, extra_baselines=extra_baselines,
+                                   correlation=correlation, progress=step)
             else:
-                result = run_fullres(bench, source, tau=tau, mode=matcher, progress=step)
-        extra: dict = {}
+                result = run_fullres(bench, source, tau=tau, mode=mode, correlation=correlation, progress=step)
+        extra: dict = {"feature_matcher": correlation_info}
         if dataset == "synthetic":
             extra.update(_synthetic_extra(bench, source))
-        if ckpt is None:
-            model_reason = "needs a model (--ckpt); only precomputed maps were given (--store)"
-        else:
-            model_reason = "not wired into evaluate yet (the FID module metrics/fid.py works offline)"
-        extra["generation"] = {"available": False, "reason": f"FID {model_reason}"}
-        extra["disentanglement"] = {"available": False, "reason": f"swap distances {model_reason}; "
-                                    "identity distance also needs an installed face-identity model"}
-        extra["reconstruction"] = {"available": False, "reason": f"encoder reconstruction {model_reason}"}
-        report = build_report(bench, result, maps_label=maps_label, matcher=matcher, tau=tau,
+        extra.update(_model_metrics(model, bench, state, fid_real=fid_real, fid_samples=fid_samples,
+                                    fid_cache=fid_cache, perceptual=perceptual, swap_pairs=swap_pairs,
+                                    recon_images=recon_images, batch=batch))
+        report = build_report(bench, result, maps_label=maps_label, vote=mode, tau=tau,
                               unavailable=unavailable, extra=extra)
     finally:
         source.close()
@@ -393,13 +547,80 @@ def evaluate(
 
     console = Console()
     console.print(render_table(report))
-    lines = [f"mIoU {100 * report['miou']:.2f} % ({report['protocol']} protocol, {report['maps']})"]
+    lines = []
+    for name, m in report["matchers"].items():
+        if m.get("available", True):
+            lines.append(f"mIoU {name}: {100 * m['miou']:.2f} % ({report['protocol']} protocol"
+                         + (f", {report['maps']})" if name != "correlation" else ", feature matcher)"))
+        else:
+            lines.append(f"{name}: unavailable — {m['reason']}")
     if isinstance(report.get("pck"), dict) and "available" not in report["pck"]:
         lines.append("PCK " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck"].items()))
     if isinstance(report.get("epe"), dict) and report["epe"].get("pixels") is not None:
         lines.append(f"EPE {report['epe']['pixels']:.3f} px ({report['epe']['canonical']:.4f} canonical units)")
+    lines.extend(_model_metric_lines(report))
     for line in lines:
-        console.print(line)
+        console.print(line, highlight=False, markup=False)
+
+
+def _model_metrics(model, bench: Benchmark, state, *, fid_real: Optional[Path], fid_samples: int,
+                   fid_cache: Optional[Path], perceptual: str, swap_pairs: int, recon_images: int,
+                   batch: int) -> dict:
+    """``fid``, ``disentanglement`` and ``reconstruction`` entries (each {"available": False,
+    "reason"} when not computed)."""
+    from coordgan_cli.metrics.generation import (IDENTITY_UNAVAILABLE, generated_fid, reconstruction_errors,
+                                                 swap_distances)
+
+    out: dict = {}
+    no_model = "needs a model (--ckpt); only precomputed maps were given (--store)"
+    if model is None:
+        out["fid"] = {"available": False, "reason": f"FID {no_model}"}
+        out["disentanglement"] = {"available": False, "reason": f"swap distances {no_model}",
+                                  "identity": {"available": False, "reason": IDENTITY_UNAVAILABLE}}
+        out["reconstruction"] = {"available": False, "reason": f"encoder reconstruction {no_model}"}
+        return out
+    device = state.torch_device()
+    if fid_real is None:
+        out["fid"] = {"available": False, "reason": "not asked for: pass --fid-real DIR (a folder of real images)"}
+    else:
+        with make_progress(state) as progress:
+            real = progress.add_task("FID real images", total=None, rate="")
+            fake = progress.add_task("FID generated", total=fid_samples, rate="")
+            out["fid"] = generated_fid(model, fid_real, samples=fid_samples, seed=state.seed, device=device,
+                                       cache_dir=fid_cache if fid_cache is not None else _default_fid_cache(),
+                                       batch_size=batch, on_real=lambda n: progress.update(real, advance=n),
+                                       on_fake=lambda n: progress.update(fake, advance=n))
+    distance = None
+    if swap_pairs > 0 or (recon_images > 0 and model.encoder is not None):
+        from coordgan_cli.perceptual import build_perceptual
+
+        distance = build_perceptual(perceptual, device)
+    if swap_pairs == 0:
+        out["disentanglement"] = {"available": False, "reason": "skipped (--swap-pairs 0)",
+                                  "identity": {"available": False, "reason": IDENTITY_UNAVAILABLE}}
+    else:
+        with make_progress(state) as progress:
+            task = progress.add_task("swap pairs", total=swap_pairs, rate="")
+            # A seed stream of its own, so changing --fid-samples does not change the swap pairs.
+            out["disentanglement"] = swap_distances(model, distance, pairs=swap_pairs, seed=state.seed + 1_000_003,
+                                                    batch_size=batch,
+                                                    on_batch=lambda n: progress.update(task, advance=n))
+    if model.encoder is None:
+        out["reconstruction"] = {"available": False, "reason": f"{model.checkpoint_path.name} is a generator "
+                                 "checkpoint: reconstruction needs an encoder checkpoint"}
+    elif recon_images == 0:
+        out["reconstruction"] = {"available": False, "reason": "skipped (--recon-images 0)"}
+    else:
+        from coordgan_cli.io.images import read_image
+
+        samples = (bench.references + bench.queries)[:recon_images]
+        with make_progress(state) as progress:
+            task = progress.add_task("reconstruction", total=len(samples), rate="")
+            rec = reconstruction_errors(model, [read_image(s.image) for s in samples], distance, batch_size=batch,
+                                        on_batch=lambda n: progress.update(task, advance=n))
+        rec["names"] = [s.name for s in samples]
+        out["reconstruction"] = rec
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -91,11 +91,21 @@ class ProtocolResult:
     maps: IoUResult
     baselines: dict[str, IoUResult] = field(default_factory=dict)
     size: Optional[int] = None
+    # Further matchers scored on the same queries: "correlation", "ensemble" (the maps' own
+    # coordinate vote is ``maps``).
+    matchers: dict[str, IoUResult] = field(default_factory=dict)
 
 
 def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
-                 tau: float, mode: str, scored: Optional[np.ndarray] = None) -> np.ndarray:
-    """Vote over [(ref_coords (Nr, 2), ref_soft_labels (Nr, C))] → (H, W) uint8 labels."""
+                 tau: float, mode: str, scored: Optional[np.ndarray] = None,
+                 with_probabilities: bool = False):
+    """Vote over [(ref_coords (Nr, 2), ref_soft_labels (Nr, C))] → (H, W) uint8 labels.
+
+    With ``with_probabilities`` also returns the vote's class shares (C, H, W) float32, refined to
+    ``ensemble.ENSEMBLE_TOL`` (pixels not voted on: background with share 1); the labels are the
+    same either way (the vote's labels are exact).
+    """
+    from coordgan_cli.correspondence.ensemble import ENSEMBLE_TOL
     from coordgan_cli.correspondence.vote import vote
 
     _, h, w = query_map.shape
@@ -110,42 +120,154 @@ def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.nd
     for _coords, labels in references:
         present |= np.asarray(labels).sum(axis=0) > 0
     out = np.zeros(h * w, dtype=np.uint8)
+    probabilities = np.zeros((num_classes, h * w), dtype=np.float32) if with_probabilities else None
+    if probabilities is not None:
+        probabilities[0] = 1.0
     if not present.any() or len(pick) == 0:
-        return out.reshape(h, w)
+        return (out.reshape(h, w), probabilities.reshape(num_classes, h, w)) if with_probabilities else out.reshape(h, w)
     kept = np.flatnonzero(present)
     compact = [(coords, np.asarray(labels)[:, kept]) for coords, labels in references]
-    result = vote(query, compact, len(kept), tau=tau, mode=mode)
+    result = vote(query, compact, len(kept), tau=tau, mode=mode, return_probabilities=with_probabilities,
+                  tol=ENSEMBLE_TOL if with_probabilities else None)
     out[pick] = kept[np.asarray(result.labels)]
-    return out.reshape(h, w)
+    if probabilities is None:
+        return out.reshape(h, w)
+    probabilities[:, pick] = 0.0
+    probabilities[np.ix_(kept, pick)] = np.asarray(result.probabilities).T
+    return out.reshape(h, w), probabilities.reshape(num_classes, h, w)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (h, w, 3) → uint8 (H, W, 3): bilinear, antialiased when shrinking (as the encoder's input)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class FeatureCorrelation:
+    """A trained feature matcher's CoCosNet correlation (``correspondence.correlation``) for the
+    protocols: references prepared once (their soft labels warped, not only hard masks), then
+    per-query class probabilities.
+
+    ``network`` maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features; ``tau``, ``k`` and
+    ``patch`` are the matcher's own settings (its checkpoint's recipe).
+    """
+
+    def __init__(self, network: torch.nn.Module, *, tau: float, k: Optional[int], patch: bool,
+                 device: torch.device | str = "cpu") -> None:
+        self.network, self.tau, self.k, self.patch = network, tau, k, patch
+        self.device = torch.device(device)
+
+    def prepare(self, refs: Sequence[tuple[np.ndarray, np.ndarray]]):
+        """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
+        labels at the image's size. Positions carrying no label mass (ignore) are left out.
+        Returns ``correlation.CorrelationReferences`` pooling every reference's positions."""
+        from coordgan_cli.correspondence.correlation import CorrelationReferences, _image_tensor, normalise_features
+
+        feats, values = [], []
+        with torch.no_grad():
+            for image, labels in refs:
+                if labels.shape[1:] != image.shape[:2]:
+                    raise ValueError(f"labels {labels.shape[1:]} and image {image.shape[:2]} differ in size")
+                f = normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+                lab = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)).to(self.device)
+                lab = lab.reshape(lab.shape[0], -1)
+                keep = lab.sum(dim=0) > 0
+                feats.append(f.reshape(f.shape[0], -1)[:, keep])
+                values.append(lab[:, keep])
+        return CorrelationReferences(torch.cat(feats, dim=1), torch.cat(values, dim=1))
+
+    def features(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) → normalised matcher features (D', H, W) (reusable across references)."""
+        from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features
+
+        with torch.no_grad():
+            return normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+
+    def probabilities(self, query, prepared) -> np.ndarray:
+        """Query image uint8 (H, W, 3) — or its :meth:`features` — → (C, H, W) float32 warped
+        reference labels (top-k chunked correlation; pixels sum to the labels' mass, ≤ 1)."""
+        from coordgan_cli.correspondence.correlation import correlation_chunked
+
+        feats = self.features(query) if isinstance(query, np.ndarray) else query
+        if prepared.features.shape[1] == 0:
+            out = np.zeros((prepared.onehot.shape[0],) + tuple(feats.shape[1:]), np.float32)
+            out[0] = 1.0
+            return out
+        with torch.no_grad():
+            # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
+            result = correlation_chunked(feats, prepared.features.unsqueeze(1), prepared.onehot.unsqueeze(1),
+                                         tau=self.tau, k=self.k, normalise=False)
+        return result.probabilities.float().cpu().numpy()
+
+
+def _fused_labels(*probabilities: np.ndarray) -> np.ndarray:
+    """Arg-max of the mean of (C, H, W) class distributions → (H, W) uint8."""
+    from coordgan_cli.correspondence.ensemble import fuse_probabilities
+
+    return fuse_probabilities(*probabilities)[0]
+
+
+def _read_image(sample: Sample) -> np.ndarray:
+    from coordgan_cli.io.images import read_image
+
+    return read_image(sample.image)
 
 
 def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
               size: int = PAPER_SIZE, extra_baselines: Optional[dict[str, Callable]] = None,
+              correlation: Optional[FeatureCorrelation] = None,
               progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
-    """The paper protocol (see module docstring). ``progress(n)`` is called after each query."""
+    """The paper protocol (see module docstring). ``progress(n)`` is called after each query.
+
+    With ``correlation`` the feature matcher is scored the same way (images resized to
+    ``size``², each reference's soft labels warped by the correlation, per reference ΣI/ΣU) as
+    ``matchers["correlation"]``, and ``matchers["ensemble"]`` averages, per reference and pixel,
+    the coordinate vote's class shares with the correlation's.
+    """
     c = bench.num_classes
     hw = (size, size)
     refs = []
+    corr_refs = {}
     for r in bench.references:
         soft = soft_one_hot(bench.read_mask(r), c, hw)
         cmap = source.map(r, hw)
         coords = cmap.reshape(2, -1).T
         # Soft labels for the vote (ignore mass dropped: it votes for no class).
         labels = soft[:c].reshape(c, -1).T
+        if correlation is not None:
+            # The correlation warps the same soft labels, read off the reference's own image
+            # (not masked by the store's `valid`: that marks coordinates, not features).
+            corr_refs[r.name] = correlation.prepare([(resize_image(_read_image(r), hw), soft[:c])])
         valid = source.valid(r, hw)
         if valid is not None:
             # A store's `valid` marks pixels whose coordinate means nothing (background beyond
             # the object, occluders): they carry no vote. Model maps have no such mask.
             labels = labels * valid.reshape(-1, 1)
         refs.append((r.name, coords, labels, hard_labels(soft)))
-    acc = {name: IoUAccumulator(c) for name, *_ in refs}
-    identity = {name: IoUAccumulator(c) for name, *_ in refs}
-    extra = {k: {name: IoUAccumulator(c) for name, *_ in refs} for k in (extra_baselines or {})}
+    names = [name for name, *_ in refs]
+    acc = {name: IoUAccumulator(c) for name in names}
+    identity = {name: IoUAccumulator(c) for name in names}
+    extra = {k: {name: IoUAccumulator(c) for name in names} for k in (extra_baselines or {})}
+    others = {k: {name: IoUAccumulator(c) for name in names}
+              for k in (("correlation", "ensemble") if correlation is not None else ())}
     for q in bench.queries:
         truth = hard_labels(soft_one_hot(bench.read_mask(q), c, hw))
+        scored = (truth > 0) & (truth != IGNORE)
         qmap = source.map(q, hw)
+        # The query's matcher features, computed once for all references.
+        q_feats = correlation.features(resize_image(_read_image(q), hw)) if correlation is not None else None
         for name, coords, labels, ref_hard in refs:
-            pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=(truth > 0) & (truth != IGNORE))
+            if correlation is None:
+                pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored)
+            else:
+                pred, shares = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored,
+                                            with_probabilities=True)
+                corr = correlation.probabilities(q_feats, corr_refs[name])
+                others["correlation"][name].update(corr.argmax(axis=0).astype(np.uint8), truth)
+                others["ensemble"][name].update(_fused_labels(shares, corr), truth)
             acc[name].update(pred, truth)
             identity[name].update(ref_hard, truth)
         for key, fn in (extra_baselines or {}).items():
@@ -156,29 +278,49 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
     baselines = {"identity": summarize(identity, c, bench.exclude)}
     for key, accs in extra.items():
         baselines[key] = summarize(accs, c, bench.exclude)
-    return ProtocolResult("paper", summarize(acc, c, bench.exclude), baselines, size)
+    matchers = {key: summarize(accs, c, bench.exclude) for key, accs in others.items()}
+    return ProtocolResult("paper", summarize(acc, c, bench.exclude), baselines, size, matchers)
 
 
 def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
+                correlation: Optional[FeatureCorrelation] = None,
                 progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
-    """Native resolution, all references fused into one vote; scored as one fused reference."""
-    from coordgan_cli.correspondence.vote import propagate_map
+    """Native resolution, all references fused into one vote; scored as one fused reference.
+
+    With ``correlation``: the matcher's correlation over the pooled positions of every reference
+    (images resized to their masks' size) as ``matchers["correlation"]``, and the average of its
+    class probabilities with the fused coordinate vote's as ``matchers["ensemble"]``.
+    """
+    from coordgan_cli.correspondence.ensemble import coordinate_probabilities
+    from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points
 
     c = bench.num_classes
     refs = []
+    corr_inputs = []
     for r in bench.references:
         mask = bench.read_mask(r)
         valid = source.valid(r, mask.shape)
         refs.append((source.map(r, mask.shape), mask) if valid is None else (source.map(r, mask.shape), mask, valid))
+        if correlation is not None:
+            corr_inputs.append((resize_image(_read_image(r), mask.shape), soft_one_hot(mask, c, mask.shape)[:c]))
+    # References prepared once for every query (the vote's grid / KD-tree are built once).
+    prepared = prepare_references([reference_points(*ref) for ref in refs], c, tau)
+    corr_refs = correlation.prepare(corr_inputs) if correlation is not None else None
     fused_name = "fused: " + ", ".join(r.name for r in bench.references)
     acc = IoUAccumulator(c)
     identity = IoUAccumulator(c)
+    others = {k: IoUAccumulator(c) for k in (("correlation", "ensemble") if correlation is not None else ())}
     for q in bench.queries:
         truth = bench.read_mask(q)
+        scored = (truth > 0) & (truth != IGNORE)
         qmap = source.map(q, truth.shape)
         # Unscored pixels (truth background / ignore) need no vote: see _vote_labels.
-        labels, _confidence, _distance = propagate_map(qmap, refs, c, tau=tau, mode=mode,
-                                                       query_valid=(truth > 0) & (truth != IGNORE))
+        labels, _confidence, _distance = propagate_map(qmap, prepared, c, tau=tau, mode=mode, query_valid=scored)
+        if correlation is not None:
+            shares, _distance = coordinate_probabilities(qmap, prepared, c, query_valid=scored, tau=tau, mode=mode)
+            corr = correlation.probabilities(resize_image(_read_image(q), truth.shape), corr_refs)
+            others["correlation"].update(corr.argmax(axis=0).astype(np.uint8), truth)
+            others["ensemble"].update(_fused_labels(shares, corr), truth)
         acc.update(np.asarray(labels), truth)
         # Identity baseline: each reference mask resized to the query, majority over references.
         counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
@@ -192,7 +334,8 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
         if progress is not None:
             progress(1)
     return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude),
-                          {"identity": summarize({fused_name: identity}, c, bench.exclude)})
+                          {"identity": summarize({fused_name: identity}, c, bench.exclude)}, None,
+                          {k: summarize({fused_name: a}, c, bench.exclude) for k, a in others.items()})
 
 
 # --------------------------------------------------------------------------------------------
