@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.markup import escape
 
 from coordgan_cli.cli._common import AppState, get_state, info, make_progress, warn
 from coordgan_cli.config import Recipe, load_recipe
+from coordgan_cli.errors import UserError
 
-MAIN_LOSSES = ("d", "g_adv", "chamfer", "warp", "texture_swap", "structure_swap")
-_SHORT = {"d": "D", "g_adv": "G", "chamfer": "cham", "warp": "warp", "texture_swap": "tex", "structure_swap": "struct"}
+# The main losses of the generator stage, in the progress bar's order, with their short names.
+GENERATOR_LOSSES = {"d": "D", "g_adv": "G", "chamfer": "cham", "warp": "warp", "texture_swap": "tex",
+                    "structure_swap": "struct"}
+
+# Options every training command shares.
+MaxStepsOption = Annotated[Optional[int], typer.Option("--max-steps", help="Stop at total step N (with a checkpoint).")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a recipe value: section.key=value (repeatable).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe as TOML and stop.")]
 
 
 class RichReporter:
-    """Progress bar on stderr: step n/total, it/s, ETA and the main losses (rank 0 only)."""
+    """Progress bar on stderr: step n/total, it/s, ETA and the main losses (rank 0 only).
 
-    def __init__(self, state: AppState, enabled: bool = True) -> None:
+    ``losses``: the logged values to show, {log key: short name}, in display order."""
+
+    def __init__(self, state: AppState, enabled: bool = True, losses: dict[str, str] = GENERATOR_LOSSES) -> None:
         self.state = state
         self.enabled = enabled
+        self.losses = losses
         self.progress = None
         self.task = None
         self._t0 = 0.0
@@ -48,8 +59,8 @@ class RichReporter:
         if self.progress is None:
             return
         its = (step - self._first) / max(time.perf_counter() - self._t0, 1e-9)
-        losses = "  ".join(f"{_SHORT[k]} {logs[k]:.3g}" for k in MAIN_LOSSES if k in logs)
-        self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {losses}")
+        shown = "  ".join(f"{short} {logs[k]:.3g}" for k, short in self.losses.items() if k in logs)
+        self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {shown}")
 
     def stop(self) -> None:
         if self.progress is not None:
@@ -57,17 +68,31 @@ class RichReporter:
             self.progress = None
 
 
-def _resolve(recipe_path: Path, overrides: list[str], data: Optional[Path]) -> Recipe:
+def resolve_recipe_options(recipe_path: Path, overrides: list[str], data: Optional[Path]) -> Recipe:
+    """The recipe with its ``--set`` overrides and ``--data`` folder applied."""
     recipe = load_recipe(recipe_path, overrides)
     if data is not None:
         recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=str(data)))
     return recipe
 
 
+def check_max_steps(max_steps: Optional[int]) -> None:
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+
+
+def run_stage(state: AppState, losses: dict[str, str], train: Callable[[RichReporter], dict[str, Any]]) -> None:
+    """Run ``train(reporter)`` with a progress bar on rank 0 and report its summary there."""
+    rank = int(os.environ.get("RANK", "0"))
+    summary = train(RichReporter(state, enabled=rank == 0, losses=losses))
+    if rank == 0:
+        info(f"step {summary['step']}: {summary['checkpoint']}", state)
+        if summary["skipped_files"]:
+            warn(f"{len(summary['skipped_files'])} unreadable image(s) were skipped (listed in the checkpoint)")
+
+
 def _run(ctx: typer.Context, recipe: Recipe, out: Optional[Path], max_steps: Optional[int], dry_run: bool,
          finetune=None) -> None:
-    import os
-
     from coordgan_cli.training.loop import TrainOptions, train
     from coordgan_cli.training.run_dir import recipe_to_toml
 
@@ -75,20 +100,10 @@ def _run(ctx: typer.Context, recipe: Recipe, out: Optional[Path], max_steps: Opt
     if dry_run:
         typer.echo(recipe_to_toml(recipe), nl=False)
         return
-    if max_steps is not None and max_steps < 1:
-        from coordgan_cli.errors import UserError
-
-        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-    run = Path(out) if out is not None else Path(recipe.output.dir)
-    rank = int(os.environ.get("RANK", "0"))
-    reporter = RichReporter(state, enabled=rank == 0)
-    options = TrainOptions(recipe=recipe, run=run, device=state.torch_device(), seed=state.seed,
-                           max_steps=max_steps, finetune=finetune)
-    summary = train(options, reporter)
-    if rank == 0:
-        info(f"step {summary['step']}: {summary['checkpoint']}", state)
-        if summary["skipped_files"]:
-            warn(f"{len(summary['skipped_files'])} unreadable image(s) were skipped (listed in the checkpoint)")
+    check_max_steps(max_steps)
+    options = TrainOptions(recipe=recipe, run=Path(out) if out is not None else Path(recipe.output.dir),
+                           device=state.torch_device(), seed=state.seed, max_steps=max_steps, finetune=finetune)
+    run_stage(state, GENERATOR_LOSSES, lambda reporter: train(options, reporter))
 
 
 def train_command(
@@ -97,15 +112,15 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: the recipe's output.dir). "
                                        "An existing run resumes from its newest checkpoint."),
     data: Optional[Path] = typer.Option(None, "--data", help="Training image folder (overrides data.path)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at total step N (with a checkpoint)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as TOML and stop."),
+    max_steps: MaxStepsOption = None,
+    set_: SetOption = [],
+    dry_run: DryRunOption = False,
 ) -> None:
     """Train CoordGAN (generator, image and patch discriminators) on an image folder.
 
     Multi-process: torchrun --nproc_per_node=N -m coordgan_cli train RECIPE (gloo on CPU, NCCL on GPUs).
     """
-    _run(ctx, _resolve(recipe, set_, data), out, max_steps, dry_run)
+    _run(ctx, resolve_recipe_options(recipe, set_, data), out, max_steps, dry_run)
 
 
 def finetune_command(
@@ -116,21 +131,20 @@ def finetune_command(
     new_domain: bool = typer.Option(False, "--new-domain", help="New domain: also freeze the first three image-"
                                     "discriminator layers (FreezeD)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Training image folder (overrides data.path)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at total step N (with a checkpoint)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as TOML and stop."),
+    max_steps: MaxStepsOption = None,
+    set_: SetOption = [],
+    dry_run: DryRunOption = False,
 ) -> None:
     """Continue a trained model at a higher resolution (appended upsampling blocks) or on a new domain.
 
     The structure mapping and warping networks are frozen; --new-domain also freezes the first three
     layers of the image discriminator.
     """
-    from coordgan_cli.errors import UserError
     from coordgan_cli.training.loop import Finetune
 
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: checkpoint not found")
-    _run(ctx, _resolve(recipe, set_, data), out, max_steps, dry_run, Finetune(checkpoint, new_domain))
+    _run(ctx, resolve_recipe_options(recipe, set_, data), out, max_steps, dry_run, Finetune(checkpoint, new_domain))
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from coordgan_cli.cli._common import get_state, info, make_progress
+from coordgan_cli.cli.train import MaxStepsOption, SetOption, check_max_steps
 from coordgan_cli.config import load_recipe
 from coordgan_cli.errors import UserError
 
@@ -22,8 +23,8 @@ def train_matcher_command(
                                          "ROOT/correspondence.h5) to draw pairs from."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of --store (default: images/ beside it)."),
     gan: Optional[Path] = typer.Option(None, "--gan", help="Trained CoordGAN checkpoint to sample pairs from instead."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at total step N (with a checkpoint)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value (repeatable)."),
+    max_steps: MaxStepsOption = None,
+    set_: SetOption = [],
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and pair source, then stop."),
 ) -> None:
     """Train a dense feature matcher with the marginal contrastive loss.
@@ -39,8 +40,7 @@ def train_matcher_command(
         raise UserError("give exactly one pair source: --store STORE (with --images DIR) or --gan CHECKPOINT")
     if gan is not None and images is not None:
         raise UserError("--images belongs to --store; --gan draws its own images")
-    if max_steps is not None and max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    check_max_steps(max_steps)
     device = state.torch_device()
     if store is not None:
         if not store.is_file():

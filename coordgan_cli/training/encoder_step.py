@@ -1,5 +1,5 @@
 """The encoder stage (DESIGN §3): train the image → (structure w, texture W+) encoder against a
-frozen generator, and its small loop (``coordgan train-encoder``).
+frozen generator (``coordgan train-encoder``), as a stage of the shared training driver.
 
 Objective per step, on a global batch of ``optim.batch`` real images split into chunks exactly as
 in the generator stage (``generator_step``: per-rank chunks, randomness seeded by (seed, step,
@@ -14,38 +14,35 @@ chunk, purpose), so single- and multi-process runs and resumed runs agree):
   perceptual distance to x̂_A (pairs (A, B) = (i, i ^ 1) within a chunk).
 
 The generator is frozen (no gradients to it; gradients flow *through* it to the encoder). The
-loop reuses the generator stage's infrastructure: the run directory (``run_dir``), data stream
-(``data``), distributed helpers, per-chunk seeding and NaN check (``generator_step``); only what a
-step is and what a checkpoint holds differ.
+stage runs on the generator stage's driver (``loop.run_training``: run directory, data stream,
+distributed set-up, metrics, checkpoints, NaN stop); only what a step is, what a checkpoint holds
+and what a sample grid shows differ (:class:`EncoderStage`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from coordgan_cli import losses
-from coordgan_cli.config import Recipe, recipe_from_dict
+from coordgan_cli.config import Recipe
 from coordgan_cli.errors import UserError
 from coordgan_cli.inference import encoder_checkpoint_payload, generator_state
 from coordgan_cli.io.checkpoint import (
     capture_rng_state, checkpoint_recipe, file_sha256, load_checkpoint, load_state_strict, restore_rng_state,
-    save_checkpoint,
 )
 from coordgan_cli.models import Encoder, Generator, encoder_kwargs, generator_kwargs
-from coordgan_cli.perceptual import build_perceptual
 from coordgan_cli.training import distributed
 from coordgan_cli.training.data import ImageFolderData
-from coordgan_cli.training.generator_step import (
-    StepContext, check_batch_split, chunk_generator, non_finite, pair_partner,
-)
+from coordgan_cli.training.generator_step import StepContext, chunk_generator, pair_partner
+from coordgan_cli.training.loop import Reporter, resumed_recipe, run_training
 from coordgan_cli.training.run_dir import RunDir
 from coordgan_cli.training.samples import colour_correspondence
 
@@ -54,7 +51,6 @@ _E_CODES, _E_INIT = 21, 22
 SAMPLE_IMAGES = 4
 # Recipe fields that may change when an encoder run is resumed.
 RESUMABLE_CHANGES = {"schedule", "data.path", "data.workers", "output.dir", "encoder.steps"}
-MAIN_LOSSES = ("rec_l1", "rec_perceptual", "con_code", "con_map", "texture_swap")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,11 +100,9 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
     state.optimizer.zero_grad(set_to_none=True)
     scale = 1.0 / ctx.chunks_per_rank
     logs: dict[str, float] = {}
-    for local in range(ctx.chunks_per_rank):
-        chunk = ctx.dist.rank * ctx.chunks_per_rank + local
+    for chunk in ctx.chunks():
         n = ctx.chunk_size
-        start = step * ctx.recipe.optim.batch + chunk * n
-        real = ctx.load_images(range(start, start + n)).to(ctx.dist.device)
+        real = ctx.real_images(step, chunk)
         gen = chunk_generator(ctx.seed, step, chunk, _E_CODES, ctx.dist.device)
         partner = pair_partner(n, real.device)
 
@@ -142,7 +136,7 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
 
 
 @torch.no_grad()
-def encoder_sample_grid(encoder: Encoder, generator: Generator, real: torch.Tensor) -> "np.ndarray":  # noqa: F821
+def encoder_sample_grid(encoder: Encoder, generator: Generator, real: torch.Tensor) -> np.ndarray:
     """uint8 grid, one row per image: [input | reconstruction | correspondence map (x red, y green)]."""
     encoder.eval()
     w_s, w_plus = encoder(real)
@@ -158,7 +152,7 @@ def encoder_sample_grid(encoder: Encoder, generator: Generator, real: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The stage
 
 
 @dataclass
@@ -183,17 +177,8 @@ def resolve_recipe(recipe: Recipe, generator_data: dict, generator_path: Path) -
     return recipe.replace(model=model), ignored
 
 
-def _resumable(key: str) -> bool:
-    return key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES
-
-
-def _differences(a: Recipe, b: Recipe) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{s}.{k}" for s, t in da.items() if isinstance(t, dict) for k, v in t.items() if db[s].get(k) != v]
-
-
-def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Any):
-    """Build or resume: returns (recipe, state, facts, run, resumed_from, generator_state_dict)."""
+def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Reporter) -> "EncoderStage":
+    """Build or resume the encoder run."""
     gpath = Path(options.generator_checkpoint)
     gdata = load_checkpoint(gpath)
     if gdata["kind"] != "generator":
@@ -221,10 +206,9 @@ def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Any):
     facts: dict[str, Any] = {"seed": options.seed, "stage": "train-encoder", "generator_checkpoint": str(gpath),
                              "generator_step": int(gdata["step"])}
     if newest is None:
-        if run.path.exists() and any(p.name != "samples" for p in run.path.iterdir()) \
-                and not (run.path / "config.json").is_file():
-            raise UserError(f"{run.path}: exists, is not empty and holds no coordgan run; choose another --out")
-        return recipe, build_encoder_state(recipe, encoder, generator), facts, run, None, gstate, gsha
+        run.check_new_run()
+        state = build_encoder_state(recipe, encoder, generator)
+        return EncoderStage(recipe, state, facts, run, None, options.generator_checkpoint, gstate, gsha)
     data = load_checkpoint(newest)
     if data["kind"] != "encoder":
         raise UserError(f"{run.path}: holds a {data['kind']} run, not an encoder run; choose another --out")
@@ -233,14 +217,7 @@ def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Any):
         raise UserError(f"{newest}: this encoder run was trained against the generator checkpoint with sha256 "
                         f"{str(recorded)[:12]}…, but {gpath} has sha256 {gsha[:12]}…; resume with the same generator "
                         "file, or start a new run (another --out)")
-    stored = checkpoint_recipe(data, newest)
-    fixed = [k for k in _differences(stored, recipe) if not _resumable(k)]
-    if fixed:
-        raise UserError(f"{run.path}: this run was started with a different recipe ({', '.join(fixed)} differ); "
-                        "resume with the same recipe, or pass a new --out")
-    d = recipe.to_dict()
-    recipe = recipe_from_dict({**stored.to_dict(), "schedule": d["schedule"], "data": d["data"], "output": d["output"],
-                               "encoder": d["encoder"], "name": recipe.name}, source=str(newest))
+    recipe = resumed_recipe(checkpoint_recipe(data, newest), recipe, run, newest, RESUMABLE_CHANGES)
     load_state_strict(encoder, data["networks"]["encoder"], "encoder", newest)
     state = build_encoder_state(recipe, encoder, generator)
     state.optimizer.load_state_dict(data["optimizers"]["encoder"])
@@ -249,89 +226,55 @@ def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Any):
         restore_rng_state(data["rng"])
     extra = dict(data.get("extra") or {})
     facts.update(seed=extra.get("seed", options.seed), skipped_files=extra.get("skipped_files", []))
-    return recipe, state, facts, run, newest, gstate, gsha
+    return EncoderStage(recipe, state, facts, run, newest, options.generator_checkpoint, gstate, gsha)
 
 
-def train_encoder(options: EncoderTrainOptions, reporter: Any) -> dict[str, Any]:
+@dataclass
+class EncoderStage:
+    """The encoder stage as ``loop.run_training`` drives it (see ``loop.Stage``)."""
+
+    recipe: Recipe
+    state: EncoderTrainState
+    facts: dict[str, Any]
+    run: RunDir
+    resumed_from: Optional[Path]
+    generator_checkpoint: Path
+    generator_state: dict[str, torch.Tensor]  # the frozen generator's weights, embedded in every checkpoint
+    generator_sha256: str
+    diverged_hint: str = "lower optim.lr and rerun"
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.encoder.steps
+
+    def config_facts(self) -> dict[str, Any]:
+        return {**self.facts, "generator_sha256": self.generator_sha256}
+
+    def start_message(self, where: str, data: ImageFolderData, dist: distributed.Distributed) -> str:
+        return (f"{self.run.path}: encoder {where}; {len(data)} training images in {data.root}; generator "
+                f"{self.generator_checkpoint} (frozen); {dist.world_size} process(es) on {dist.device}")
+
+    def train_step(self, ctx: StepContext) -> dict[str, float]:
+        return encoder_step(self.state, ctx)
+
+    def payload(self) -> dict[str, Any]:
+        return encoder_checkpoint_payload(
+            self.recipe, self.state.encoder.state_dict(), self.generator_state, self.generator_sha256, self.state.step,
+            generator_step=self.facts["generator_step"], optimizers={"encoder": self.state.optimizer.state_dict()},
+            rng=capture_rng_state(), extra=self.facts)
+
+    def sampler(self, data: ImageFolderData, device: torch.device) -> Callable[[], np.ndarray]:
+        """Grids for fixed images (the first stream positions, not flipped): they differ only by training."""
+        recipe = self.recipe
+        real = ImageFolderData(recipe.data.path, recipe.model.size, seed=int(self.facts["seed"]), hflip=False).batch(
+            range(min(SAMPLE_IMAGES, len(data)))).to(device)
+        return lambda: encoder_sample_grid(self.state.encoder, self.state.generator, real)
+
+
+def train_encoder(options: EncoderTrainOptions, reporter: Reporter) -> dict[str, Any]:
     """Run (or resume) encoder training to ``min(encoder.steps, max_steps)``; returns a summary dict."""
-    dist = distributed.setup(options.device)
-    try:
-        return _train(options, dist, reporter)
-    finally:
-        distributed.teardown(dist)
-
-
-def _train(options: EncoderTrainOptions, dist: distributed.Distributed, reporter: Any) -> dict[str, Any]:
-    check_batch_split(options.recipe, dist.world_size)
-    if dist.is_main:
-        RunDir(options.run).ensure_writable()
-    dist.barrier()
-    recipe, state, facts, run, resumed_from, gstate, gsha = prepare(options, dist.device, reporter)
-    seed = int(facts["seed"])
-    skipped: list[str] = list(facts.get("skipped_files", []))
-
-    def on_skip(path: Path, message: str) -> None:
-        skipped.append(str(path))
-        if dist.is_main:
-            reporter.message(f"warning: skipping unreadable image {message}")
-
-    data = ImageFolderData(recipe.data.path, recipe.model.size, seed=seed, hflip=recipe.data.hflip, on_skip=on_skip)
-    perceptual = build_perceptual(recipe.losses.perceptual, dist.device)
-    ctx = StepContext(recipe, seed, perceptual, dist, data.batch)
-    target = recipe.encoder.steps if options.max_steps is None else min(options.max_steps, recipe.encoder.steps)
-    sched = recipe.schedule
-    if dist.is_main:
-        run.write_config(recipe, {**facts, "generator_sha256": gsha})
-        run.truncate_metrics(state.step)
-        where = f"resuming from {resumed_from} at step {state.step}" if resumed_from else "new run"
-        reporter.message(f"{run.path}: encoder {where}; {len(data)} training images in {data.root}; generator "
-                         f"{options.generator_checkpoint} (frozen); {dist.world_size} process(es) on {dist.device}")
-    # Fixed sample images (the first stream positions, not flipped): grids differ only by training.
-    sample_real = ImageFolderData(recipe.data.path, recipe.model.size, seed=seed, hflip=False).batch(
-        range(min(SAMPLE_IMAGES, len(data)))).to(dist.device)
-
-    def save() -> None:
-        facts["skipped_files"] = sorted(set(skipped))
-        if dist.is_main:
-            payload = encoder_checkpoint_payload(
-                recipe, state.encoder.state_dict(), gstate, gsha, state.step, generator_step=facts["generator_step"],
-                optimizers={"encoder": state.optimizer.state_dict()}, rng=capture_rng_state(), extra=facts)
-            path = save_checkpoint(run.checkpoint_path(state.step), payload)
-            run.commit_checkpoint(path, sched.keep_checkpoints)
-        dist.barrier()
-
-    reporter.start(state.step, target)
-    window: dict[str, float] = {}
-    window_steps, window_start = 0, time.perf_counter()
-    try:
-        while state.step < target:
-            logs = dist.average_scalars(encoder_step(state, ctx))
-            bad = non_finite(logs)
-            if bad is not None:
-                last = run.newest_checkpoint()
-                raise UserError(f"loss {bad} became {logs[bad]} at step {state.step}; stopped without saving. The "
-                                f"last good checkpoint is {last if last else '(none yet)'}; lower optim.lr and rerun",
-                                exit_code=3)
-            for k, v in logs.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
-            step = state.step
-            reporter.step(step, logs)
-            if dist.is_main and (step % sched.log_every == 0 or step == target):
-                elapsed = time.perf_counter() - window_start
-                run.append_metrics({"step": step, "its": window_steps / max(elapsed, 1e-9),
-                                    "images": step * recipe.optim.batch, "skipped_files": len(set(skipped)),
-                                    **{k: v / window_steps for k, v in window.items()}})
-                window, window_steps, window_start = {}, 0, time.perf_counter()
-            if dist.is_main and (step % sched.sample_every == 0 or step == target):
-                run.write_sample(step, encoder_sample_grid(state.encoder, state.generator, sample_real))
-            if step % sched.checkpoint_every == 0 or step == target:
-                save()
-    finally:
-        reporter.stop()
-    latest = run.path / "latest.pt"
-    return {"run": str(run.path), "step": state.step, "checkpoint": str(latest) if latest.exists() else None,
-            "skipped_files": sorted(set(skipped))}
+    return run_training(options.recipe, options.run, options.device, options.max_steps, reporter,
+                        lambda dist: prepare(options, dist.device, reporter))
 
 
 def frozen_generator_unchanged(generator: nn.Module, state: dict[str, torch.Tensor]) -> bool:

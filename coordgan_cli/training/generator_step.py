@@ -118,6 +118,15 @@ class StepContext:
     def chunk_size(self) -> int:
         return self.recipe.optim.batch // (self.dist.world_size * self.recipe.optim.accumulate)
 
+    def chunks(self) -> range:
+        """Global indices of this process's chunks of a step."""
+        return range(self.dist.rank * self.chunks_per_rank, (self.dist.rank + 1) * self.chunks_per_rank)
+
+    def real_images(self, step: int, chunk: int) -> torch.Tensor:
+        """The real images of ``chunk`` of ``step``: (chunk_size, 3, S, S) in [-1, 1] on the device."""
+        start = step * self.recipe.optim.batch + chunk * self.chunk_size
+        return self.load_images(range(start, start + self.chunk_size)).to(self.dist.device)
+
 
 def check_batch_split(recipe: Recipe, world_size: int) -> None:
     from coordgan_cli.errors import UserError
@@ -196,11 +205,9 @@ def discriminator_step(state: TrainState, ctx: StepContext, step: int) -> dict[s
     regularise = step % lo.r1_every == 0
     scale = 1.0 / ctx.chunks_per_rank
     logs: dict[str, float] = {}
-    for local in range(ctx.chunks_per_rank):
-        chunk = ctx.dist.rank * ctx.chunks_per_rank + local
+    for chunk in ctx.chunks():
         n = ctx.chunk_size
-        start = step * ctx.recipe.optim.batch + chunk * n
-        real = ctx.load_images(range(start, start + n)).to(ctx.dist.device)
+        real = ctx.real_images(step, chunk)
         gen = chunk_generator(ctx.seed, step, chunk, _D_STEP, ctx.dist.device)
         crop_gen = chunk_generator(ctx.seed, step, chunk, _D_CROPS, torch.device("cpu"))
         with torch.no_grad():
@@ -245,8 +252,7 @@ def generator_step(state: TrainState, ctx: StepContext, step: int) -> dict[str, 
     scale = 1.0 / ctx.chunks_per_rank
     logs: dict[str, float] = {"ramp": ramp}
     grid = None
-    for local in range(ctx.chunks_per_rank):
-        chunk = ctx.dist.rank * ctx.chunks_per_rank + local
+    for chunk in ctx.chunks():
         n = ctx.chunk_size
         gen = chunk_generator(ctx.seed, step, chunk, _G_STEP, ctx.dist.device)
         crop_gen = chunk_generator(ctx.seed, step, chunk, _G_CROPS, torch.device("cpu"))

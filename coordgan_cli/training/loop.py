@@ -1,8 +1,10 @@
-"""The generator-stage training program: set-up, exact resume, and the loop itself.
+"""The training driver shared by the stages, and the generator stage's set-up.
 
-``train(options, reporter)`` builds (or resumes) a run and loops until the target step. The
-loop only decides *when*: step, log, sample, checkpoint, stop. What a step does lives in
-``generator_step``; where things are written lives in ``run_dir``.
+``run_training(...)`` runs any :class:`Stage` (the generator stage here, the encoder stage in
+``encoder_step``) to its target step: it joins the distributed job, prepares the run directory,
+the image stream and the perceptual network, and loops. The loop only decides *when*: step,
+log, sample, checkpoint, stop. What a step does, what a checkpoint holds and what a sample grid
+shows belong to the stage; where things are written lives in ``run_dir``.
 
 Exact resume: a checkpoint holds every network, the EMA generator, the optimiser states, the
 step and the RNG states; all the randomness of a step is drawn from generators seeded by
@@ -17,8 +19,9 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
+import numpy as np
 import torch
 
 from coordgan_cli.config import Recipe, recipe_from_dict
@@ -110,25 +113,21 @@ def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
     return out
 
 
-def _resumable(key: str) -> bool:
-    return key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES
+def resumed_recipe(stored: Recipe, recipe: Recipe, run: RunDir, source: Path, resumable: set[str]) -> Recipe:
+    """The recipe a resumed run goes on with: the stored one (architecture, objective), with the
+    sections named in ``resumable`` ("schedule", or "data" of "data.path") taken from ``recipe``.
+    Raises UserError when a key outside ``resumable`` (a dotted key or a whole section) differs."""
+    fixed = [k for k in recipe_differences(stored, recipe) if k not in resumable and k.split(".")[0] not in resumable]
+    if fixed:
+        raise UserError(f"{run.path}: this run was started with a different recipe ({', '.join(fixed)} differ); "
+                        "resume with the same recipe, or pass a new --out")
+    new = recipe.to_dict()
+    sections = {key.split(".")[0]: new[key.split(".")[0]] for key in sorted(resumable)}
+    return recipe_from_dict({**stored.to_dict(), **sections, "name": recipe.name}, source=str(source))
 
 
 # ---------------------------------------------------------------------------------------------
 # Set-up: a fresh run, a resumed one, or a fine-tuning start
-
-
-def _payload(state: TrainState, recipe: Recipe, facts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": "generator",
-        "step": state.step,
-        "config": recipe.to_json(),
-        "networks": {k: m.state_dict() for k, m in state.modules().items()},
-        "ema": {"generator": state.generator_ema.state_dict()},
-        "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
-        "rng": capture_rng_state(),
-        "extra": facts,
-    }
 
 
 def _load_finetune_start(networks: dict, recipe: Recipe, ft: Finetune, reporter: Reporter) -> list[str]:
@@ -173,23 +172,15 @@ def _load_finetune_start(networks: dict, recipe: Recipe, ft: Finetune, reporter:
     return frozen
 
 
-def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Reporter):
-    """Build or resume the run: returns (recipe, state, facts, run_dir, resumed_from)."""
+def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Reporter) -> "GeneratorStage":
+    """Build or resume the run."""
     run = RunDir(options.run)
     recipe = options.recipe
     newest = run.newest_checkpoint()
     device = dist.device
     if newest is not None:
         data = load_checkpoint(newest, map_location="cpu")
-        stored = checkpoint_recipe(data, newest)
-        fixed = [k for k in recipe_differences(stored, recipe) if not _resumable(k)]
-        if fixed:
-            raise UserError(f"{run.path}: this run was started with a different recipe ({', '.join(fixed)} differ); "
-                            "resume with the same recipe, or pass a new --out")
-        # The stored architecture and objective, with the new schedule / data location.
-        recipe = recipe_from_dict({**stored.to_dict(), "schedule": recipe.to_dict()["schedule"],
-                                   "data": recipe.to_dict()["data"], "output": recipe.to_dict()["output"],
-                                   "name": recipe.name}, source=str(newest))
+        recipe = resumed_recipe(checkpoint_recipe(data, newest), recipe, run, newest, RESUMABLE_CHANGES)
         facts = dict(data.get("extra", {}))
         with torch.device(device):
             networks = build_gan(recipe.model)
@@ -204,11 +195,9 @@ def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Repo
             restore_rng_state(data["rng"])
         if facts.get("seed") != options.seed and options.seed != 0:
             reporter.message(f"resuming with the run's own seed {facts.get('seed')} (--seed {options.seed} ignored)")
-        return recipe, state, facts, run, newest
+        return GeneratorStage(recipe, state, facts, run, newest)
 
-    if run.path.exists() and any(p.name not in ("samples",) for p in run.path.iterdir()) \
-            and not (run.path / "config.json").is_file():
-        raise UserError(f"{run.path}: exists, is not empty and holds no coordgan run; choose another --out")
+    run.check_new_run()
     seed_everything(options.seed)  # initial weights are a function of the seed
     with torch.device(device):
         networks = build_gan(recipe.model)
@@ -221,29 +210,106 @@ def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Repo
     state = build_train_state(recipe, networks, facts["frozen"])
     if options.finetune is not None:
         state.generator_ema.load_state_dict(state.generator.state_dict())
-    return recipe, state, facts, run, None
+    return GeneratorStage(recipe, state, facts, run, None)
+
+
+@dataclass
+class GeneratorStage:
+    """The generator stage as ``run_training`` drives it (see :class:`Stage`)."""
+
+    recipe: Recipe
+    state: TrainState
+    facts: dict[str, Any]
+    run: RunDir
+    resumed_from: Optional[Path]
+    diverged_hint: str = "lower optim.lr or raise losses.r1_image, then rerun to resume from it"
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.schedule.steps
+
+    def config_facts(self) -> dict[str, Any]:
+        return self.facts
+
+    def start_message(self, where: str, data: ImageFolderData, dist: distributed.Distributed) -> str:
+        return (f"{self.run.path}: {where}; {len(data)} training images in {data.root}; "
+                f"{dist.world_size} process(es) on {dist.device}")
+
+    def train_step(self, ctx: StepContext) -> dict[str, float]:
+        return train_step(self.state, ctx)
+
+    def payload(self) -> dict[str, Any]:
+        state = self.state
+        return {"kind": "generator", "step": state.step, "config": self.recipe.to_json(),
+                "networks": {k: m.state_dict() for k, m in state.modules().items()},
+                "ema": {"generator": state.generator_ema.state_dict()},
+                "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
+                "rng": capture_rng_state(), "extra": self.facts}
+
+    def sampler(self, data: ImageFolderData, device: torch.device) -> Callable[[], np.ndarray]:
+        """Grids of the EMA generator for fixed codes (drawn from the run seed alone)."""
+        gen = chunk_generator(int(self.facts["seed"]), 0, 0, _SAMPLES, torch.device("cpu"))
+        codes = torch.randn(2, SAMPLE_CODES, self.state.generator.latent_dim, generator=gen).to(device)
+        ema = self.state.generator_ema
+
+        def grid() -> np.ndarray:
+            ema.eval()
+            return sample_grid(ema, codes[0], codes[1])
+
+        return grid
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The driver
+
+
+class Stage(Protocol):
+    """A prepared (new or resumed) training stage: what ``run_training`` needs to drive it."""
+
+    recipe: Recipe                # resolved (on resume: the stored architecture, the new schedule)
+    state: Any                    # what a step changes; ``state.step`` = steps done
+    facts: dict[str, Any]         # run facts (seed, stage, ...), stored in every checkpoint
+    run: RunDir
+    resumed_from: Optional[Path]  # the checkpoint resumed from; None for a new run
+    diverged_hint: str            # advice ending the non-finite-loss error
+
+    @property
+    def steps(self) -> int: ...   # the stage's full length (``--max-steps`` may stop earlier)
+
+    def config_facts(self) -> dict[str, Any]: ...  # what config.json records beside the recipe
+    def start_message(self, where: str, data: ImageFolderData, dist: distributed.Distributed) -> str: ...
+    def train_step(self, ctx: StepContext) -> dict[str, float]: ...  # one update; advances state.step
+    def payload(self) -> dict[str, Any]: ...  # the checkpoint of the current state, RNG included
+    def sampler(self, data: ImageFolderData, device: torch.device) -> Callable[[], np.ndarray]: ...
 
 
 def train(options: TrainOptions, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run (or resume) training to ``min(schedule.steps, max_steps)``; returns a summary dict."""
+    """Run (or resume) the generator stage to ``min(schedule.steps, max_steps)``; returns a summary dict."""
     reporter = reporter or SilentReporter()
-    dist = distributed.setup(options.device)
+    return run_training(options.recipe, options.run, options.device, options.max_steps, reporter,
+                        lambda dist: prepare(options, dist, reporter))
+
+
+def run_training(recipe: Recipe, run: Path, device: torch.device, max_steps: Optional[int], reporter: Reporter,
+                 prepare_stage: Callable[[distributed.Distributed], Stage]) -> dict[str, Any]:
+    """Join the (torchrun) job on ``device``, check ``recipe``'s batch split and that the run
+    directory ``run`` is writable, build or resume the stage with ``prepare_stage(dist)`` and train
+    it to ``min(stage.steps, max_steps)``. Returns {"run", "step", "checkpoint", "skipped_files"}."""
+    dist = distributed.setup(device)
     try:
-        return _train(options, dist, reporter)
+        check_batch_split(recipe, dist.world_size)
+        if dist.is_main:
+            RunDir(run).ensure_writable()
+        dist.barrier()
+        return _drive(prepare_stage(dist), dist, max_steps, reporter)
     finally:
         distributed.teardown(dist)
 
 
-def _train(options: TrainOptions, dist: distributed.Distributed, reporter: Reporter) -> dict[str, Any]:
-    check_batch_split(options.recipe, dist.world_size)
-    if dist.is_main:
-        RunDir(options.run).ensure_writable()
-    dist.barrier()
-    recipe, state, facts, run, resumed_from = prepare(options, dist, reporter)
+def _drive(stage: Stage, dist: distributed.Distributed, max_steps: Optional[int], reporter: Reporter) -> dict[str, Any]:
+    """The loop proper: set up data, perceptual network and run files, then step until the target,
+    logging, sampling and checkpointing when due."""
+    recipe, state, facts, run = stage.recipe, stage.state, stage.facts, stage.run
     seed = int(facts["seed"])
     skipped: list[str] = list(facts.get("skipped_files", []))
 
@@ -255,52 +321,50 @@ def _train(options: TrainOptions, dist: distributed.Distributed, reporter: Repor
     data = ImageFolderData(recipe.data.path, recipe.model.size, seed=seed, hflip=recipe.data.hflip, on_skip=on_skip)
     perceptual = build_perceptual(recipe.losses.perceptual, dist.device)
     ctx = StepContext(recipe, seed, perceptual, dist, data.batch)
-    target = recipe.schedule.steps if options.max_steps is None else min(options.max_steps, recipe.schedule.steps)
+    target = stage.steps if max_steps is None else min(max_steps, stage.steps)
     sched = recipe.schedule
     if dist.is_main:
-        run.write_config(recipe, facts)
+        run.write_config(recipe, stage.config_facts())
         run.truncate_metrics(state.step)
-        where = f"resuming from {resumed_from} at step {state.step}" if resumed_from else "new run"
-        reporter.message(f"{run.path}: {where}; {len(data)} training images in {data.root}; "
-                         f"{dist.world_size} process(es) on {dist.device}")
-    sample_gen = chunk_generator(seed, 0, 0, _SAMPLES, torch.device("cpu"))
-    sample_codes = torch.randn(2, SAMPLE_CODES, state.generator.latent_dim, generator=sample_gen).to(dist.device)
+        where = f"resuming from {stage.resumed_from} at step {state.step}" if stage.resumed_from else "new run"
+        reporter.message(stage.start_message(where, data, dist))
+    sample = stage.sampler(data, dist.device)
+
+    def due(every: int) -> bool:
+        return state.step % every == 0 or state.step == target
 
     def save() -> None:
         facts["skipped_files"] = sorted(set(skipped))
         if dist.is_main:
-            path = save_checkpoint(run.checkpoint_path(state.step), _payload(state, recipe, facts))
+            path = save_checkpoint(run.checkpoint_path(state.step), stage.payload())
             run.commit_checkpoint(path, sched.keep_checkpoints)
         dist.barrier()
 
     reporter.start(state.step, target)
-    window: dict[str, float] = {}
+    window: dict[str, float] = {}  # sums of the logged values since the last metrics line
     window_steps, window_start = 0, time.perf_counter()
     try:
         while state.step < target:
-            logs = dist.average_scalars(train_step(state, ctx))
+            logs = dist.average_scalars(stage.train_step(ctx))
             bad = non_finite(logs)
             if bad is not None:
                 last = run.newest_checkpoint()
                 raise TrainingDiverged(
                     f"loss {bad} became {logs[bad]} at step {state.step}; stopped without saving. The last good "
-                    f"checkpoint is {last if last else '(none yet)'}; lower optim.lr or raise losses.r1_image, "
-                    f"then rerun to resume from it")
+                    f"checkpoint is {last if last else '(none yet)'}; {stage.diverged_hint}")
             for k, v in logs.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
-            step = state.step
-            reporter.step(step, logs)
-            if dist.is_main and (step % sched.log_every == 0 or step == target):
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "its": window_steps / max(elapsed, 1e-9), "images": step * recipe.optim.batch,
-                          "skipped_files": len(set(skipped)), **{k: v / window_steps for k, v in window.items()}}
-                run.append_metrics(record)
+            reporter.step(state.step, logs)
+            if dist.is_main and due(sched.log_every):
+                its = window_steps / max(time.perf_counter() - window_start, 1e-9)
+                means = {k: v / window_steps for k, v in window.items()}
+                run.append_metrics({"step": state.step, "its": its, "images": state.step * recipe.optim.batch,
+                                    "skipped_files": len(set(skipped)), **means})
                 window, window_steps, window_start = {}, 0, time.perf_counter()
-            if dist.is_main and (step % sched.sample_every == 0 or step == target):
-                state.generator_ema.eval()
-                run.write_sample(step, sample_grid(state.generator_ema, sample_codes[0], sample_codes[1]))
-            if step % sched.checkpoint_every == 0 or step == target:
+            if dist.is_main and due(sched.sample_every):
+                run.write_sample(state.step, sample())
+            if due(sched.checkpoint_every):
                 save()
     finally:
         reporter.stop()

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from coordgan_cli.config import MatcherConfig, Recipe, recipe_from_json
 from coordgan_cli.correspondence.contrastive import marginal_contrastive_loss, sample_positive_pairs
 from coordgan_cli.errors import UserError
-from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
+from coordgan_cli.io.atomic import atomic_write_json
 from coordgan_cli.io.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from coordgan_cli.models.matcher import FeatureMatcher
+from coordgan_cli.training.run_dir import RunDir
 
 # Fields of [matcher] that may change between a run and its resumption (the length of the run).
 _RESUMABLE_CHANGES = ("steps",)
@@ -263,20 +264,6 @@ def _check_resumable(saved: Recipe, recipe: Recipe, path: Path) -> None:
                         "resume with the same recipe or choose a new --out")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written after the checkpoint a resumed run starts from)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, AttributeError):
-            continue  # a line cut short by a killed run
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
 def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device: torch.device, seed: int,
                   max_steps: Optional[int] = None,
                   on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict:
@@ -305,7 +292,7 @@ def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device
         optimizer.load_state_dict(data["optimizers"]["matcher"])
         step = int(data["step"])
         seed = int(data["extra"]["seed"])
-    _truncate_metrics(out / "metrics.jsonl", step)
+    RunDir(out).truncate_metrics(step)  # lines past the checkpoint are redone
     atomic_write_json(out / "config.json", {"kind": "matcher", "recipe": recipe.to_dict(), "seed": seed,
                                             "source": source.describe(), "device": str(device)})
 

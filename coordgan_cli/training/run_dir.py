@@ -71,6 +71,12 @@ class RunDir:
         except OSError as exc:
             raise UserError(f"{self.path}: cannot write the run directory ({exc.strerror or exc})") from exc
 
+    def check_new_run(self) -> None:
+        """Refuse to start a new run in a folder holding other files (an empty samples/ is fine)."""
+        if self.path.exists() and any(p.name != "samples" for p in self.path.iterdir()) \
+                and not (self.path / "config.json").is_file():
+            raise UserError(f"{self.path}: exists, is not empty and holds no coordgan run; choose another --out")
+
     def write_config(self, recipe: Recipe, facts: dict[str, Any]) -> None:
         atomic_write_json(self.path / "config.json", {"recipe": recipe.to_dict(), **facts})
         atomic_write_text(self.path / "config.toml", recipe_to_toml(recipe))
