@@ -308,15 +308,136 @@ def test_celeba_paper_split_and_missing_files_one_message(tmp_path):
     assert "folder not found" in err.value.message
 
 
-def test_checkpoint_gives_maps_and_cosine_baseline(tmp_path):
-    from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint
+def save_matcher(path: Path, seed: int = 0) -> Path:
+    """A random-weight tiny FeatureMatcher saved the way ``train_matcher`` saves ``latest.pt``."""
+    import torch
 
+    from coordgan_cli.config import MatcherConfig, Recipe
+    from coordgan_cli.io.checkpoint import save_checkpoint
+    from coordgan_cli.training.matcher import build_matcher
+
+    cfg = MatcherConfig(channels=8, width=4, depth=1, k=32)
+    torch.manual_seed(seed)
+    matcher = build_matcher(cfg)
+    save_checkpoint(path, {"kind": "matcher", "step": 0, "config": Recipe(matcher=cfg).to_json(),
+                           "networks": {"matcher": matcher.state_dict()}, "optimizers": {},
+                           "extra": {"seed": seed, "matcher_args": dict(matcher.config)}})
+    return path
+
+
+def test_every_matcher_in_one_table(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=4, size=24)
+    matcher = save_matcher(tmp_path / "m.pt")
+    base = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store", str(root / "correspondence.h5"),
+            "--refs", "000000", "--queries", "1"]
+    rep = _json(runner.invoke(app, base + ["--matcher-ckpt", str(matcher), "--json"]))
+    assert list(rep["matchers"]) == ["coordinates", "correlation", "ensemble"]
+    coords = rep["matchers"]["coordinates"]
+    assert (coords["miou"], coords["per_class"], coords["per_reference"]) == (rep["miou"], rep["per_class"],
+                                                                             rep["per_reference"])
+    for name in ("correlation", "ensemble"):
+        m = rep["matchers"][name]
+        assert 0.0 <= m["miou"] <= 1.0 and set(m["per_class"]) == set(rep["per_class"])
+        assert list(m["per_reference"]) == ["000000.png"]
+    assert set(rep["baselines"]) == {"identity", "cosine_nn"}
+    assert rep["feature_matcher"]["checkpoint"] == str(matcher) and rep["feature_matcher"]["resolution"] == 128
+    assert rep["vote"] == {"mode": "soft", "tau": 0.01} == rep["matcher"]
+    # The same run again gives the same numbers (fixed weights, no sampling).
+    assert _json(runner.invoke(app, base + ["--matcher-ckpt", str(matcher), "--json"]))["matchers"] == rep["matchers"]
+    # Without a matcher the two columns are listed as unavailable, with the reason.
+    plain = _json(runner.invoke(app, base + ["--json"]))
+    assert plain["matchers"]["correlation"]["available"] is False
+    assert "--matcher-ckpt" in plain["matchers"]["ensemble"]["reason"]
+    assert plain["miou"] == rep["miou"]
+    # fullres: one fused reference, every matcher; the table names each column.
+    out = tmp_path / "res"
+    r = runner.invoke(app, base + ["--matcher-ckpt", str(matcher), "--protocol", "fullres", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for word in ("coordinates", "correlation", "ensemble", "identity", "cosine_nn", "mIoU correlation"):
+        assert word in r.stdout
+    full = json.loads((out / "results.json").read_text())
+    assert list(full["matchers"]["ensemble"]["per_reference"]) == ["fused: 000000.png"]
+    assert (out / "results.csv").read_text().splitlines()[0] == "class,coordinates,correlation,ensemble,identity,cosine_nn"
+
+
+def test_vote_option_and_its_older_name(tmp_path):
+    root = make_synthetic(tmp_path / "syn", count=3, size=16)
+    base = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store", str(root / "correspondence.h5"),
+            "--refs", "000000", "--queries", "1", "--json"]
+    new = _json(runner.invoke(app, base + ["--vote", "hard"]))
+    old = _json(runner.invoke(app, base + ["--matcher", "hard"]))
+    assert new["vote"]["mode"] == "hard" and new == old
+    r = runner.invoke(app, base + ["--matcher", "correlation"])
+    assert r.exit_code == 2 and "every matcher in one table" in r.stderr and "--matcher-ckpt" in r.stderr
+    r = runner.invoke(app, base + ["--vote", "soft", "--matcher", "hard"])
+    assert r.exit_code == 2 and "disagree" in r.stderr
+    r = runner.invoke(app, base + ["--vote", "nearest"])
+    assert r.exit_code == 2 and "--vote 'nearest'" in r.stderr
+    r = runner.invoke(app, base + ["--matcher-ckpt", str(tmp_path / "none.pt")])
+    assert r.exit_code == 2 and "--matcher-ckpt" in r.stderr and "not found" in r.stderr
+    r = runner.invoke(app, base + ["--fid-real", str(tmp_path)])
+    assert r.exit_code == 2 and "--fid-real needs --ckpt" in r.stderr
+
+
+class TinyExtractor:
+    """Stands in for Inception in CLI tests: 4×4 average-pooled colours (48 features)."""
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def test_checkpoint_gives_maps_baselines_and_model_metrics(tmp_path, monkeypatch):
+    from coordgan_cli.metrics import fid
+    from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint, make_images
+
+    monkeypatch.setattr(fid, "load_extractor", lambda device: TinyExtractor())
     gen = make_generator_checkpoint(tmp_path / "g.pt")
     enc = make_encoder_checkpoint(tmp_path / "e.pt", gen)
     root = make_synthetic(tmp_path / "syn", count=3)
-    rep = _json(runner.invoke(app, ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(root),
-                                    "--ckpt", str(enc), "--refs", "000000", "--queries", "1", "--json"]))
+    make_images(tmp_path / "real", 5)
+    args = ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(root), "--ckpt", str(enc),
+            "--refs", "000000", "--queries", "1", "--json", "--vote", "hard", "--fid-real", str(tmp_path / "real"),
+            "--fid-samples", "4", "--fid-cache", str(tmp_path / "cache"), "--perceptual", "random-tiny",
+            "--swap-pairs", "3", "--recon-images", "2", "--batch", "3"]
+    rep = _json(runner.invoke(app, args))
     assert rep["maps"] == "model e.pt"
     assert set(rep["baselines"]) == {"identity", "cosine_nn"}
     assert 0.0 <= rep["baselines"]["cosine_nn"]["miou"] <= 1.0 and 0.0 <= rep["miou"] <= 1.0
     assert rep["epe"]["pixels_counted"] > 0 and rep["pck"] is not None
+    assert rep["fid"]["value"] > 0 and rep["fid"]["samples"] == 4 and rep["fid"]["real_images"] == 5
+    assert rep["fid"]["real_cached"] is False and len(list((tmp_path / "cache").iterdir())) == 1
+    dis = rep["disentanglement"]
+    assert dis["texture_swap"]["pairs"] == 3 and dis["structure_swap"]["mean"] >= 0 and dis["perceptual"] == "random-tiny"
+    assert dis["identity"]["available"] is False and "no face-identity model" in dis["identity"]["reason"]
+    rec = rep["reconstruction"]
+    assert rec["images"] == 2 and rec["names"] == ["000000.png", "000001.png"] and 0 < rec["mse"] < 1
+    assert rec["size"] == 32 and rec["perceptual"]["pairs"] == 2
+    again = _json(runner.invoke(app, args))  # deterministic; the real statistics now come from the cache
+    assert again["fid"]["real_cached"] is True and again["fid"]["value"] == pytest.approx(rep["fid"]["value"], rel=1e-9)
+    assert again["disentanglement"] == dis and again["reconstruction"] == rec
+    other = _json(runner.invoke(app, ["--seed", "1"] + args))
+    assert other["fid"]["value"] != rep["fid"]["value"] and other["reconstruction"] == rec
+    # The text report states every model metric.
+    text = runner.invoke(app, [a for a in args if a != "--json"])
+    assert text.exit_code == 0, text.output
+    for word in ("FID", "texture swap", "structure swap", "identity: unavailable", "reconstruction", "MSE"):
+        assert word in text.stdout
+
+
+def test_generator_checkpoint_needs_a_store_and_gives_generation_metrics(tmp_path):
+    from tiny_checkpoints import make_generator_checkpoint
+
+    gen = make_generator_checkpoint(tmp_path / "g.pt")
+    root = make_synthetic(tmp_path / "syn", count=3)
+    base = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--ckpt", str(gen), "--refs", "000000",
+            "--queries", "1", "--json", "--perceptual", "random-tiny", "--swap-pairs", "2"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 2 and "generator checkpoint gives no maps" in r.stderr and "--store" in r.stderr
+    rep = _json(runner.invoke(app, base + ["--store", str(root / "correspondence.h5")]))
+    assert rep["maps"] == "store correspondence.h5" and rep["miou"] > 0.5
+    assert rep["disentanglement"]["texture_swap"]["pairs"] == 2
+    assert rep["reconstruction"]["available"] is False and "encoder" in rep["reconstruction"]["reason"]
+    assert rep["fid"]["available"] is False and "--fid-real" in rep["fid"]["reason"]
+    assert rep["baselines"]["cosine_nn"]["available"] is False

@@ -30,18 +30,21 @@ def _batches(n: int, batch_size: int) -> Iterator[int]:
         yield min(batch_size, n - start)
 
 
-@torch.inference_mode()
-def sample_codes(model, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` structure and texture codes: (w_s (B, D), W+ (B, L, D)) on the model's device.
+def draw_latents(count: int, dim: int, generator: torch.Generator, per_sample: int = 2) -> list[torch.Tensor]:
+    """``per_sample`` latent batches (count, dim), drawn sample by sample from ``generator`` (CPU):
+    sample i's vectors come i-th in the stream, so the samples do not depend on the batch size."""
+    # One call per sample: torch's CPU normal sampler changes algorithm with the tensor size, so
+    # one call for the whole batch would give other numbers for another batch size.
+    z = torch.stack([torch.randn(per_sample, dim, generator=generator) for _ in range(count)])
+    return [z[:, j] for j in range(per_sample)]
 
-    z_structure then z_texture are drawn from ``generator`` (CPU) for the whole batch.
-    """
-    d = model.latent_dim
-    z_s = torch.randn(count, d, generator=generator)
-    z_t = torch.randn(count, d, generator=generator)
+
+@torch.inference_mode()
+def map_codes(model, z_structure: torch.Tensor, z_texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z → (w_s (B, D), W+ (B, L, D)) on the model's device."""
     g = model.generator
-    w_s = g.map_structure(z_s.to(model.device))
-    return w_s, g.texture_plus(g.map_texture(z_t.to(model.device)))
+    w_s = g.map_structure(z_structure.to(model.device))
+    return w_s, g.texture_plus(g.map_texture(z_texture.to(model.device)))
 
 
 def generated_batches(model, count: int, *, seed: int, batch_size: int = 16,
@@ -49,7 +52,8 @@ def generated_batches(model, count: int, *, seed: int, batch_size: int = 16,
     """``count`` sampled images in batches: (B, 3, size, size) float in [-1, 1] (CPU tensors)."""
     gen = torch.Generator().manual_seed(int(seed))
     for b in _batches(count, batch_size):
-        w_s, w_t = sample_codes(model, b, gen)
+        z_s, z_t = draw_latents(b, model.latent_dim, gen)
+        w_s, w_t = map_codes(model, z_s, z_t)
         images = model.synthesize(w_s, w_t).clamp(-1, 1).float().cpu()
         if on_batch is not None:
             on_batch(b)
@@ -75,9 +79,8 @@ def generated_fid(model, real_folder: str | Path, *, samples: int, seed: int, de
                                                           batch_size=batch_size, model=extractor, on_batch=on_real)
     feats = fid.inception_features(generated_batches(model, samples, seed=seed, batch_size=batch_size,
                                                      on_batch=on_fake), extractor, device)
-    mu_g, sigma_g = fid.feature_statistics(feats)
     return {
-        "value": fid.frechet_distance(mu_g, sigma_g, mu_r, sigma_r),
+        "value": fid.frechet_distance_from_features(feats, mu_r, sigma_r),
         "samples": samples,
         "real_images": n_real,
         "real_folder": str(real_folder),
@@ -122,8 +125,9 @@ def swap_distances(model, perceptual, *, pairs: int, seed: int, batch_size: int 
     gen = torch.Generator().manual_seed(int(seed))
     texture, structure = [], []
     for b in _batches(pairs, batch_size):
-        s1, t1 = sample_codes(model, b, gen)
-        s2, t2 = sample_codes(model, b, gen)
+        z_s1, z_t1, z_s2, z_t2 = draw_latents(b, model.latent_dim, gen, per_sample=4)
+        s1, t1 = map_codes(model, z_s1, z_t1)
+        s2, t2 = map_codes(model, z_s2, z_t2)
         base = model.synthesize(s1, t1).clamp(-1, 1)
         new_texture = model.synthesize(s1, t2).clamp(-1, 1)
         new_structure = model.synthesize(s2, t1).clamp(-1, 1)
