@@ -114,7 +114,7 @@ def test_propagate_map_own_sizes_and_valid() -> None:
     mask = parts_mask(ref)
     valid = np.ones((56, 56), bool)
     valid[:5] = False
-    labels, conf, dist = propagate_map(qry, [(ref, mask)], 5, query_valid=valid)
+    labels, conf, dist = propagate_map(qry, [(ref, mask)], 5, query_valid=valid, distance=True)
     assert labels.shape == conf.shape == dist.shape == (56, 56) and labels.dtype == np.uint8
     assert (labels[:5] == 0).all() and (conf[:5] == 1).all()
     dense = vote_dense(_points(qry), [(_points(ref), mask.ravel())], 5)
@@ -128,3 +128,29 @@ def test_bad_references() -> None:
         vote(np.zeros((3, 2)), [(np.zeros((4, 2)), np.full(4, 255))], 3)
     with pytest.raises(ValueError, match="class ids"):
         vote(np.zeros((3, 2)), [(np.zeros((4, 2)), np.array([0, 1, 7, 1]))], 3)
+
+
+def test_near_ties_decided_exactly() -> None:
+    """Queries a hair off the boundary between two mirror-image halves: their class margins
+    (≈ 1e-5) lie below the float32 window arithmetic's error bound, so the vote must hand them to
+    its float64 pass — and still give the dense vote's (the true) side every time."""
+    g = _grid(40).reshape(2, -1).T                      # symmetric about x = 0, no pixel on it
+    labels = (g[:, 0] > 0).astype(np.int64)
+    rng = np.random.default_rng(0)
+    side = rng.choice([-1.0, 1.0], 200)
+    q = np.stack([side * 1e-7 * rng.uniform(1, 3, 200), rng.uniform(-0.5, 0.5, 200)], axis=1)
+    ours = vote(q, [(g, labels)], 2, return_probabilities=True)
+    dense = vote_dense(q, [(g, labels)], 2)
+    np.testing.assert_array_equal(ours.labels, (side > 0).astype(np.int64))
+    np.testing.assert_array_equal(ours.labels, dense.labels)
+    assert np.abs(ours.probabilities[:, 1] - dense.probabilities[:, 1]).max() < 1e-4
+
+
+def test_distance_only_when_asked() -> None:
+    ref, qry = smooth_warp(24, 13), smooth_warp(24, 14)
+    refs = [(_points(ref), parts_mask(ref).ravel())]
+    with_d = vote(_points(qry), refs, 5)
+    without = vote(_points(qry), refs, 5, distance=False)
+    assert without.distance is None
+    np.testing.assert_array_equal(with_d.labels, without.labels)
+    assert propagate_map(qry, [(ref, parts_mask(ref))], 5)[2] is None

@@ -52,7 +52,7 @@ _TIE = 1e-7
 _CELL_IN_TAU = 0.5
 
 # Bounded number of point pairs gathered at once in the exact windows (memory, not accuracy).
-_PAIRS_PER_BATCH = 1 << 22
+_PAIRS_PER_BATCH = 1 << 21
 
 
 @dataclass
@@ -60,13 +60,14 @@ class VoteResult:
     """Per-query result of a vote.
 
     labels: (Nq,) int64 winning class. confidence: (Nq,) float32 winning vote share in [0, 1].
-    distance: (Nq,) float32 distance to the nearest reference coordinate (over all references).
+    distance: (Nq,) float32 distance to the nearest reference coordinate (over all references), or
+    None when not asked for.
     probabilities: (Nq, C) float32 fused class distribution, when asked for.
     """
 
     labels: np.ndarray
     confidence: np.ndarray
-    distance: np.ndarray
+    distance: np.ndarray | None
     probabilities: np.ndarray | None = None
 
 
@@ -76,30 +77,35 @@ class VoteResult:
 
 @dataclass
 class _Grid:
-    """Reference pixels binned into s × s cells, with per-cell bounds of every class's vote mass.
+    """Reference pixels binned into s × s cells, with per-cell bounds of every class's vote share.
 
-    lower / upper (C, ny, nx): for a query anywhere in a cell, bounds of Σ_{r ∈ c} exp(−‖q − r‖/τ).
-    centre (C, ny, nx): the same sum with every pixel moved to its cell centre, at the cell centres
-    (interpolated, it estimates the share of queries decided by the bounds).
-    sat (C, ny + 1, nx + 1): summed-area table of the per-class counts (exact ring counts).
-    coords (2, Nr) / hard / soft: the reference pixels sorted by cell (row-major);
-    starts (ny·nx + 1): where each cell's run begins.
+    cell_lo / cell_hi (ny·nx, C) float64: for a query anywhere in a cell, proven bounds of each
+    class's share of the full soft vote. centre (ny·nx, C) float32: the vote masses with every
+    pixel moved to its cell centre, at the cell centres (interpolated, an estimate of the share).
+    sat ((ny + 1)·(nx + 1), C): summed-area table of the per-class counts (exact ring counts).
+    x, y (Nr,) float64 and x32, y32 float32 / labels (Nr,) or soft (Nr, C): the reference pixels
+    sorted by cell (row-major); starts (ny·nx + 1): where each cell's run begins.
+    extent: the largest |coordinate| of the reference (for the float32 error bound).
     """
 
     origin: np.ndarray
     cell: float
     nx: int
     ny: int
-    lower: np.ndarray
-    upper: np.ndarray
+    cell_lo: np.ndarray
+    cell_hi: np.ndarray
     centre: np.ndarray
     sat: np.ndarray
     total: np.ndarray
-    coords: np.ndarray
-    hard: np.ndarray | None
+    x: np.ndarray
+    y: np.ndarray
+    x32: np.ndarray
+    y32: np.ndarray
+    labels: np.ndarray | None
     soft: np.ndarray | None
     starts: np.ndarray
     density: float
+    extent: float
 
 
 @dataclass
@@ -176,10 +182,6 @@ def prepare_references(references, num_classes: int, tau: float = 0.01) -> list[
     return out
 
 
-def _class_columns(ref: PreparedReference, idx: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    return (ref.hard[idx], None) if ref.hard is not None else (None, ref.soft[idx])
-
-
 def _convolve_same(stack: np.ndarray, kernels: list[np.ndarray]) -> list[np.ndarray]:
     """FFT convolution of each (ny, nx) plane of ``stack`` (B, ny, nx) with each odd square
     kernel, cropped to the plane ('same'). scipy.fft imports fast; scipy.signal does not."""
@@ -210,9 +212,9 @@ def _build_grid(ref: PreparedReference) -> _Grid:
     flat = ij[:, 1] * nx + ij[:, 0]
     order = np.argsort(flat, kind="stable")
     # Pixels stored in cell order, so a window's pixels are contiguous runs (no index gather).
-    sorted_coords = np.ascontiguousarray(coords[order].T)
-    sorted_hard = ref.hard[order] if ref.hard is not None else None
-    sorted_soft = ref.soft[order] if ref.soft is not None else None
+    sorted_coords = coords[order]
+    sorted_hard = ref.hard[order].astype(np.intp) if ref.hard is not None else None
+    sorted_soft = np.ascontiguousarray(ref.soft[order]) if ref.soft is not None else None
     starts = np.zeros(ny * nx + 1, dtype=np.int64)
     starts[1:] = np.cumsum(np.bincount(flat, minlength=ny * nx))
     counts = np.zeros((num_classes, ny * nx))
@@ -233,23 +235,39 @@ def _build_grid(ref: PreparedReference) -> _Grid:
     k_upper = np.exp(-cell * np.hypot(np.maximum(ox - 1, 0), np.maximum(oy - 1, 0)) / tau)
     k_lower = np.exp(-cell * np.hypot(ox + 1, oy + 1) / tau)
     k_centre = np.exp(-cell * np.hypot(ox, oy) / tau)
-    lower = np.zeros_like(counts)
-    upper = np.zeros_like(counts)
-    centre = np.zeros_like(counts)
+    ncell = ny * nx
+    lower = np.zeros((num_classes, ncell))
+    upper = np.zeros((num_classes, ncell))
+    centre = np.zeros((num_classes, ncell))
     present = np.flatnonzero(total > 0)
     if present.size:
-        lower[present], upper[present], centre[present] = _convolve_same(counts[present], [k_lower, k_upper, k_centre])
+        planes = _convolve_same(counts[present], [k_lower, k_upper, k_centre])
+        lower[present], upper[present], centre[present] = (p.reshape(present.size, -1) for p in planes)
         centre = np.maximum(centre, 0.0)
     # FFT round-off is far below 1e-11 of a class's total (kernels ≤ 1); the margin keeps the
     # bounds bounds.
     margin = 1e-11 * total[present]
-    lower[present] = np.maximum(lower[present] - margin[:, None, None], 0.0)
-    upper[present] += (margin + total[present] * math.exp(-cutoff))[:, None, None]
-    sat = np.zeros((num_classes, ny + 1, nx + 1))
-    sat[:, 1:, 1:] = counts.cumsum(axis=1).cumsum(axis=2)
+    lower[present] = np.maximum(lower[present] - margin[:, None], 0.0)
+    upper[present] += (margin + total[present] * math.exp(-cutoff))[:, None]
+    # Per-cell share bounds, once: p_c ≥ L_c / (L_c + Σ_{b≠c} U_b), p_c ≤ U_c / (U_c + Σ_{b≠c} L_b).
+    low, up = lower.T, upper.T
+    sum_low = low.sum(axis=1, keepdims=True)
+    sum_up = up.sum(axis=1, keepdims=True)
+    den_lo = low + (sum_up - up)
+    den_hi = up + (sum_low - low)
+    cell_lo = np.divide(low, den_lo, out=np.zeros_like(low), where=den_lo > 0)
+    cell_hi = np.minimum(np.divide(up, den_hi, out=np.ones_like(up), where=den_hi > 0), 1.0)
+    sat = np.zeros((ny + 1, nx + 1, num_classes))
+    sat[1:, 1:] = counts.transpose(1, 2, 0).cumsum(axis=0).cumsum(axis=1)
     occupied = int(np.count_nonzero(starts[1:] - starts[:-1]))
-    return _Grid(origin=lo, cell=cell, nx=nx, ny=ny, lower=lower, upper=upper, centre=centre, sat=sat, total=total,
-                 coords=sorted_coords, hard=sorted_hard, soft=sorted_soft, starts=starts, density=coords.shape[0] / max(occupied * cell * cell, 1e-300))
+    x = np.ascontiguousarray(sorted_coords[:, 0])
+    y = np.ascontiguousarray(sorted_coords[:, 1])
+    return _Grid(origin=lo, cell=cell, nx=nx, ny=ny, cell_lo=cell_lo, cell_hi=cell_hi,
+                 centre=np.ascontiguousarray(centre.T, dtype=np.float32), sat=sat.reshape(-1, num_classes),
+                 total=total, x=x, y=y, x32=x.astype(np.float32), y32=y.astype(np.float32),
+                 labels=sorted_hard, soft=sorted_soft, starts=starts,
+                 density=coords.shape[0] / max(occupied * cell * cell, 1e-300),
+                 extent=float(np.abs(coords).max()))
 
 
 def _query_cells(g: _Grid, query: np.ndarray) -> np.ndarray:
@@ -257,60 +275,168 @@ def _query_cells(g: _Grid, query: np.ndarray) -> np.ndarray:
     return np.floor((query - g.origin) / g.cell).astype(np.int64)
 
 
+def _inside(g: _Grid, cells: np.ndarray) -> np.ndarray:
+    return (cells[:, 0] >= 0) & (cells[:, 0] < g.nx) & (cells[:, 1] >= 0) & (cells[:, 1] < g.ny)
+
+
 # --------------------------------------------------------------------------------------------
-# Bounds
+# Windows: the reference pixels of a set of cells around each query, as contiguous runs
 
 
-def _grid_bounds(ref: PreparedReference, query: np.ndarray, cells: np.ndarray):
-    """From one reference's grid: bounds (n, C) lo, hi of its full soft-vote distribution and an
-    estimate (n, C) of it (centre sums, bilinearly interpolated, clipped into the bounds)."""
-    g = ref.cell_grid()
-    num_classes = ref.num_classes
-    inside = (cells[:, 0] >= 0) & (cells[:, 0] < g.nx) & (cells[:, 1] >= 0) & (cells[:, 1] < g.ny)
-    n = cells.shape[0]
-    lo = np.zeros((n, num_classes))
-    hi = np.ones((n, num_classes))
-    est = np.full((n, num_classes), 1.0 / num_classes)
-    if inside.any():
-        flat = cells[inside, 1] * g.nx + cells[inside, 0]
-        low = g.lower.reshape(num_classes, -1)[:, flat].T
-        up = g.upper.reshape(num_classes, -1)[:, flat].T
-        sum_low = low.sum(axis=1, keepdims=True)
-        sum_up = up.sum(axis=1, keepdims=True)
-        # p_c ≥ L_c / (L_c + Σ_{b≠c} U_b) and p_c ≤ U_c / (U_c + Σ_{b≠c} L_b).
-        den_lo = low + (sum_up - up)
-        den_hi = up + (sum_low - low)
-        lo_in = np.divide(low, den_lo, out=np.zeros_like(low), where=den_lo > 0)
-        hi_in = np.minimum(np.divide(up, den_hi, out=np.ones_like(up), where=den_hi > 0), 1.0)
-        # Bilinear interpolation between the four nearest cell centres.
-        pos = (query[inside] - g.origin) / g.cell - 0.5
-        base = np.floor(pos).astype(np.int64)
-        frac = pos - base
-        x0 = np.clip(base[:, 0], 0, g.nx - 1)
-        x1 = np.clip(base[:, 0] + 1, 0, g.nx - 1)
-        y0 = np.clip(base[:, 1], 0, g.ny - 1)
-        y1 = np.clip(base[:, 1] + 1, 0, g.ny - 1)
-        cen = g.centre.reshape(num_classes, -1)
-        fx, fy = frac[:, 0], frac[:, 1]
-        mass = (cen[:, y0 * g.nx + x0] * ((1 - fx) * (1 - fy)) + cen[:, y0 * g.nx + x1] * (fx * (1 - fy))
-                + cen[:, y1 * g.nx + x0] * ((1 - fx) * fy) + cen[:, y1 * g.nx + x1] * (fx * fy)).T
-        total = mass.sum(axis=1, keepdims=True)
-        est_in = np.divide(mass, total, out=0.5 * (lo_in + hi_in), where=total > 0)
-        lo[inside], hi[inside], est[inside] = lo_in, hi_in, np.clip(est_in, lo_in, hi_in)
-    return lo, hi, est
+def _window_runs(g: _Grid, cells: np.ndarray, inner: int, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs (start, length), each (n, 2·(2·half + 1)), of the sorted reference pixels in the cells
+    at Chebyshev offset inner < j ≤ half from each query's cell (inner = −1: the whole window).
+
+    A row of the window is one run (its cells are consecutive in the sorted order); a row that
+    crosses the already-summed inner square is two runs, left and right of it.
+    """
+    cx, cy = cells[:, 0:1], cells[:, 1:2]
+    dy = np.arange(-half, half + 1)
+    if inner < 0:
+        # The whole window: one run per row.
+        rows = cy + dy
+        x0 = np.maximum(cx - half, 0)
+        x1 = np.minimum(cx + half, g.nx - 1)
+        ok = (rows >= 0) & (rows < g.ny) & (x0 <= x1)
+        base = np.clip(rows, 0, g.ny - 1) * g.nx
+        start = g.starts[base + np.clip(x0, 0, g.nx - 1)]
+        stop = g.starts[base + np.clip(x1, 0, g.nx - 1) + 1]
+        return start, np.where(ok, stop - start, 0)
+    crosses = np.abs(dy) <= inner                                   # (2·half + 1,)
+    rows = cy + dy                                                  # (n, 2·half + 1)
+    left0 = cx - half
+    left1 = np.where(crosses, cx - inner - 1, cx + half)
+    right0 = cx + inner + 1
+    right1 = np.where(crosses, cx + half, right0 - 1)              # empty unless the row crosses
+    x0 = np.concatenate([left0 + 0 * rows, right0 + 0 * rows], axis=1)
+    x1 = np.concatenate([left1, right1], axis=1)
+    rows = np.concatenate([rows, rows], axis=1)
+    x0 = np.maximum(x0, 0)
+    x1 = np.minimum(x1, g.nx - 1)
+    ok = (rows >= 0) & (rows < g.ny) & (x0 <= x1)
+    base = np.clip(rows, 0, g.ny - 1) * g.nx
+    start = g.starts[base + np.clip(x0, 0, g.nx - 1)]
+    stop = g.starts[base + np.clip(x1, 0, g.nx - 1) + 1]
+    return start, np.where(ok, stop - start, 0)
 
 
-def _ring_tail(g: _Grid, cells: np.ndarray, first_ring: int, d1: np.ndarray, tau: float,
+def _pair_batches(start: np.ndarray, length: np.ndarray):
+    """Yield (a, b, owner, idx): for queries a … b − 1 (runs ``start``/``length`` (n, R)), every
+    (query, reference pixel) pair — owner in 0 … b − a − 1 (non-decreasing), idx into the sorted
+    reference — at most about _PAIRS_PER_BATCH pairs at a time, without a Python loop per query."""
+    n = start.shape[0]
+    per_query = length.sum(axis=1)
+    cum = np.cumsum(per_query)
+    a = 0
+    while a < n:
+        base = cum[a - 1] if a else 0
+        b = max(a + 1, int(np.searchsorted(cum, base + _PAIRS_PER_BATCH, side="right")))
+        b = min(b, n)
+        lens = length[a:b].ravel()
+        total = int(cum[b - 1] - base)
+        if total:
+            owner = np.repeat(np.arange(b - a), per_query[a:b])
+            # Concatenated runs start[i] … start[i] + lens[i] − 1.
+            idx = np.repeat(start[a:b].ravel() - (np.cumsum(lens) - lens), lens)
+            idx += np.arange(total)
+            yield a, b, owner, idx
+        a = b
+
+
+def _nearest_distance(g: _Grid, query: np.ndarray, cells: np.ndarray, tree) -> np.ndarray:
+    """Exact distance (n,) float64 from each query to its nearest reference pixel.
+
+    Windows of Chebyshev radius r cells around the query's cell: a nearest pixel found within
+    r·s is the nearest overall (every pixel outside the window is at least r·s away). Queries
+    still unresolved after r = 1, 3, 9 (far from every reference pixel) ask the KD-tree ``tree()``.
+    """
+    n = query.shape[0]
+    dist = np.full(n, np.inf)
+    todo = np.flatnonzero(_inside(g, cells))
+    for r in (1, 3, 9):
+        if not todo.size:
+            break
+        start, length = _window_runs(g, cells[todo], -1, r)
+        best = np.full(todo.size, np.inf)
+        qx, qy = query[todo, 0], query[todo, 1]
+        for a, b, owner, idx in _pair_batches(start, length):
+            dx = qx[a:b][owner] - g.x[idx]
+            dy = qy[a:b][owner] - g.y[idx]
+            d2 = dx * dx
+            d2 += dy * dy
+            counts = length[a:b].sum(axis=1)
+            has = counts > 0
+            first = np.cumsum(counts) - counts
+            best[a:b][has] = np.minimum.reduceat(d2, first[has])
+        found = best <= (r * g.cell) ** 2 * (1.0 - 1e-12)
+        dist[todo[found]] = np.sqrt(best[found])
+        todo = todo[~found]
+    rest = np.flatnonzero(~np.isfinite(dist))
+    if rest.size:
+        dist[rest] = tree().query(query[rest], k=1, workers=-1)[0]
+    return dist
+
+
+def _window_masses(g: _Grid, query: np.ndarray, cells: np.ndarray, d1: np.ndarray, inner: int, half: int,
+                   tau: float, num_classes: int, precise: bool) -> np.ndarray:
+    """Vote mass (n, C) of the reference pixels in the cells at Chebyshev offset inner < j ≤ half
+    from each query's cell, relative to exp(−d1/τ).
+
+    precise=False computes distances and weights in float32 (SIMD exp, 8× faster than float64
+    here); their relative error is bounded by :func:`_float32_error` and accounted for by the
+    caller. precise=True is float64 throughout.
+    """
+    n = query.shape[0]
+    mass = np.zeros(n * num_classes)
+    start, length = _window_runs(g, cells, inner, half)
+    if precise:
+        qx, qy, rx, ry, dd, scale = query[:, 0], query[:, 1], g.x, g.y, d1, -1.0 / tau
+    else:
+        qx, qy = query[:, 0].astype(np.float32), query[:, 1].astype(np.float32)
+        rx, ry, dd, scale = g.x32, g.y32, d1.astype(np.float32), np.float32(-1.0 / tau)
+    for a, b, owner, idx in _pair_batches(start, length):
+        dx = qx[a:b][owner]
+        dx -= rx[idx]
+        dy = qy[a:b][owner]
+        dy -= ry[idx]
+        dx *= dx
+        dy *= dy
+        dx += dy
+        d = np.sqrt(dx, out=dx)
+        d -= dd[a:b][owner]
+        d *= scale
+        w = np.exp(d, out=d)
+        if g.labels is not None:
+            mass[a * num_classes:b * num_classes] += np.bincount(owner * num_classes + g.labels[idx], weights=w,
+                                                                 minlength=(b - a) * num_classes)
+        else:
+            block = mass[a * num_classes:b * num_classes].reshape(b - a, num_classes)
+            for c in range(num_classes):
+                block[:, c] += np.bincount(owner, weights=w * g.soft[idx, c], minlength=b - a)
+    return mass.reshape(n, num_classes)
+
+
+def _float32_error(tau: float, extent: float) -> float:
+    """Bound on the relative error of a float32 window weight exp(−(d − d1)/τ) against the exact one.
+
+    Coordinates rounded to float32 move by ≤ extent·2⁻²⁴ each; the difference, squares, sum and
+    sqrt add a few ulps: |Δd| ≤ 16·extent·2⁻²⁴ (generous). The exponent (≤ 104 where float32 exp
+    is not already 0) carries a relative rounding error of ≤ 2·2⁻²⁴, and exp a few ulps.
+    """
+    return math.expm1(16.0 * extent * 2.0 ** -24 / tau + 104 * 2.0 ** -23 + 8 * 2.0 ** -24)
+
+
+def _ring_tail(g: _Grid, cells: np.ndarray, first_ring: int, d1: np.ndarray, edge: np.ndarray, tau: float,
                reach: float = 14.0) -> np.ndarray:
     """Upper bound (n, C) of each class's vote mass in cells at Chebyshev offset ≥ ``first_ring``
     from each query's cell, relative to exp(−d1/τ).
 
-    Ring j (offset exactly j) is at least (j − 1)·s away; its exact class counts come from the
-    summed-area table. Past the last ring examined (``reach``·τ further), everything left is
-    bounded by its count times the weight at that distance.
+    Ring j (offset exactly j) is at least (j − 1)·s + edge away (edge (n,): the query's distance
+    to the nearest side of its own cell); its exact class counts come from the summed-area table
+    (outside the grid counts are zero). Rings up to ``reach``·τ are counted one by one; everything
+    beyond is bounded by its count times the weight at that distance.
     """
     s = g.cell
-    num_classes = g.sat.shape[0]
     nx1 = g.nx + 1
     n_rings = int(math.ceil(reach * tau / s)) + 1
     js = np.arange(first_ring - 1, first_ring + n_rings)            # squares j0 − 1 … J1
@@ -320,61 +446,16 @@ def _ring_tail(g: _Grid, cells: np.ndarray, first_ring: int, d1: np.ndarray, tau
     y1 = np.clip(cells[:, 1:2] + js + 1, 0, g.ny)
     x1 = np.maximum(x1, x0)
     y1 = np.maximum(y1, y0)
-    flat = g.sat.reshape(num_classes, -1)
-    square = flat[:, y1 * nx1 + x1] - flat[:, y0 * nx1 + x1] - flat[:, y1 * nx1 + x0] + flat[:, y0 * nx1 + x0]
-    square = np.maximum(square, 0.0)                                # (C, n, R + 1)
-    rings = np.maximum(np.diff(square, axis=2), 0.0)                # (C, n, R): rings j0 … J1
-    ring_min = np.maximum((js[1:] - 1) * s, 0.0)
-    w = np.exp(-(ring_min[None, :] - d1[:, None]) / tau)
-    tail = np.einsum("cnr,nr->nc", rings, w)
-    beyond = np.maximum(g.total[None, :] - square[:, :, -1].T, 0.0)
-    tail += beyond * np.exp(-(js[-1] * s - d1) / tau)[:, None]
+    sat = g.sat
+    square = sat[y1 * nx1 + x1] - sat[y0 * nx1 + x1] - sat[y1 * nx1 + x0] + sat[y0 * nx1 + x0]
+    square = np.maximum(square, 0.0)                                # (n, R + 1, C)
+    rings = np.maximum(np.diff(square, axis=1), 0.0)                # (n, R, C): rings j0 … J1
+    ring_min = np.maximum((js[None, 1:] - 1) * s + edge[:, None], 0.0)
+    w = np.exp(-(ring_min - d1[:, None]) / tau)
+    tail = np.einsum("nrc,nr->nc", rings, w)
+    beyond = np.maximum(g.total[None, :] - square[:, -1], 0.0)
+    tail += beyond * np.exp(-(js[-1] * s + edge - d1) / tau)[:, None]
     return tail
-
-
-def _window_masses(ref: PreparedReference, query: np.ndarray, cells: np.ndarray, d1: np.ndarray,
-                   half: int) -> np.ndarray:
-    """Exact vote mass (n, C) of the reference pixels in the cells within Chebyshev radius
-    ``half`` of each query's cell, relative to exp(−d1/τ)."""
-    g = ref.cell_grid()
-    num_classes, tau = ref.num_classes, ref.tau
-    n = query.shape[0]
-    rows = cells[:, 1:2] + np.arange(-half, half + 1)[None, :]      # (n, 2·half + 1)
-    x_lo = np.maximum(cells[:, 0] - half, 0)[:, None]
-    x_hi = np.minimum(cells[:, 0] + half, g.nx - 1)[:, None]
-    ok = (rows >= 0) & (rows < g.ny) & (x_lo <= x_hi)
-    base = np.clip(rows, 0, g.ny - 1) * g.nx
-    start = g.starts[base + np.clip(x_lo, 0, g.nx - 1)]
-    stop = g.starts[base + np.clip(x_hi, 0, g.nx - 1) + 1]
-    length = np.where(ok, stop - start, 0)
-    per_query = length.sum(axis=1)
-    mass = np.zeros((n, num_classes))
-    # Batches of queries keep the gathered pairs bounded.
-    bounds = np.searchsorted(np.cumsum(per_query), np.arange(1, 1 + per_query.sum() // _PAIRS_PER_BATCH + 1)
-                             * _PAIRS_PER_BATCH)
-    edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, n), [n]]))
-    for a, b in zip(edges[:-1], edges[1:]):
-        lens = length[a:b].ravel()
-        total = int(lens.sum())
-        if total == 0:
-            continue
-        owner = np.repeat(np.repeat(np.arange(a, b), length.shape[1]), lens)
-        # Concatenated runs start[i] … start[i] + lens[i] − 1, without a Python loop.
-        run_start = np.repeat(start[a:b].ravel() - (np.cumsum(lens) - lens), lens)
-        idx = run_start + np.arange(total)
-        qx = query[:, 0][owner]
-        qy = query[:, 1][owner]
-        d = np.hypot(qx - g.coords[0][idx], qy - g.coords[1][idx])
-        d -= d1[owner]
-        d *= -1.0 / tau
-        w = np.exp(d, out=d)
-        if g.hard is not None:
-            mass += np.bincount(owner * num_classes + g.hard[idx], weights=w,
-                                minlength=n * num_classes).reshape(n, num_classes)
-        else:
-            for c in range(num_classes):
-                mass[:, c] += np.bincount(owner, weights=w * g.soft[idx, c], minlength=n)
-    return mass
 
 
 def _decided(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float | None) -> np.ndarray:
@@ -390,72 +471,188 @@ def _decided(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float | None) -
     return done
 
 
+def _share_bounds(mass: np.ndarray, tail: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One reference's share estimate and bounds (n, C) from its window masses (relative error
+    ≤ eps) and the upper bounds ``tail`` of each class's mass outside the window.
+
+    p_c = M_c / Σ M_b with M_c ∈ [m_c(1 − ε), m_c(1 + ε) + t_c]: increasing in M_c, decreasing in
+    the others, so the extremes give the bounds.
+    """
+    kept = mass.sum(axis=1, keepdims=True)
+    p = np.divide(mass, kept, out=np.zeros_like(mass), where=kept > 0)
+    m_lo, m_hi = mass * (1.0 - eps), mass * (1.0 + eps) + tail
+    others_lo = (kept - mass) * (1.0 - eps)
+    others_hi = (kept - mass) * (1.0 + eps) + (tail.sum(axis=1, keepdims=True) - tail)
+    den_lo = m_lo + others_hi
+    den_hi = m_hi + others_lo
+    lo = np.divide(m_lo, den_lo, out=np.zeros_like(mass), where=den_lo > 0)
+    hi = np.minimum(np.divide(m_hi, den_hi, out=np.ones_like(mass), where=den_hi > 0), 1.0)
+    return p, lo, hi
+
+
 # --------------------------------------------------------------------------------------------
 # Soft vote (NumPy / SciPy)
 
 
+def _stage_bounds(refs: list[PreparedReference], grids: list[_Grid], q: np.ndarray, cells: list[np.ndarray]):
+    """Grid bounds (n, C) lo, hi of the fused soft vote and an estimate within them (centre
+    masses, bilinearly interpolated between the four nearest cell centres)."""
+    n, num_classes = q.shape[0], refs[0].num_classes
+    glo = np.zeros((n, num_classes))
+    ghi = np.zeros((n, num_classes))
+    gest = np.zeros((n, num_classes))
+    for g, c in zip(grids, cells):
+        inside = _inside(g, c)
+        lo = np.zeros((n, num_classes))
+        hi = np.ones((n, num_classes))
+        est = np.full((n, num_classes), 1.0 / num_classes)
+        if inside.all():
+            sel, qi, ci = slice(None), q, c
+        else:
+            sel = np.flatnonzero(inside)
+            qi, ci = q[sel], c[sel]
+        flat = ci[:, 1] * g.nx + ci[:, 0]
+        lo_in, hi_in = g.cell_lo[flat], g.cell_hi[flat]
+        pos = (qi - g.origin) / g.cell - 0.5
+        base = np.floor(pos).astype(np.int64)
+        frac = (pos - base).astype(np.float32)
+        x0 = np.clip(base[:, 0], 0, g.nx - 1)
+        x1 = np.clip(base[:, 0] + 1, 0, g.nx - 1)
+        y0 = np.clip(base[:, 1], 0, g.ny - 1) * g.nx
+        y1 = np.clip(base[:, 1] + 1, 0, g.ny - 1) * g.nx
+        fx, fy = frac[:, 0:1], frac[:, 1:2]
+        cen = g.centre
+        mass = ((cen[y0 + x0] * (1 - fx) + cen[y0 + x1] * fx) * (1 - fy)
+                + (cen[y1 + x0] * (1 - fx) + cen[y1 + x1] * fx) * fy)
+        total = mass.sum(axis=1, keepdims=True)
+        est_in = np.divide(mass, total, out=(0.5 * (lo_in + hi_in)).astype(np.float32), where=total > 0)
+        lo[sel], hi[sel], est[sel] = lo_in, hi_in, np.clip(est_in, lo_in, hi_in)
+        glo += lo
+        ghi += hi
+        gest += est
+    k = len(refs)
+    return glo / k, ghi / k, gest / k
+
+
+def _refine(refs: list[PreparedReference], grids: list[_Grid], q: np.ndarray, cells: list[np.ndarray],
+            d1: list[np.ndarray], glo: np.ndarray, ghi: np.ndarray, half0: int, tol: float | None, precise: bool):
+    """Exact windows, growing ring by ring (×1.5 per side), until every query's winner is proved.
+
+    Returns (probabilities (m, C) float32 with rows of decided queries filled, the indices of the
+    queries to redo with precise=True). In float32 mode a query whose bounds could not separate
+    its classes even with no mass left outside the window (a near-tie within the float32 error)
+    is handed back for the float64 pass, which decides it exactly (ties within _TIE either way).
+    """
+    m, num_classes, tau = q.shape[0], refs[0].num_classes, refs[0].tau
+    out = np.zeros((m, num_classes), dtype=np.float32)
+    masses = [np.zeros((m, num_classes)) for _ in refs]
+    eps = 0.0 if precise else _float32_error(tau, max([g.extent for g in grids] + [float(np.abs(q).max())]))
+    # A window this wide around a query's cell covers every reference cell: the sum is complete.
+    covers = [np.maximum.reduce([c[:, 0], g.nx - 1 - c[:, 0], c[:, 1], g.ny - 1 - c[:, 1]])
+              for c, g in zip(cells, grids)]
+    edges = []
+    for g, c in zip(grids, cells):
+        f = (q - g.origin) / g.cell - c
+        edges.append(g.cell * np.clip(np.minimum(f, 1.0 - f).min(axis=1), 0.0, 0.5))
+    active = np.arange(m)
+    redo = []
+    inner, half = -1, half0
+    while active.size:
+        a = active.size
+        p = np.zeros((a, num_classes))
+        lo = np.zeros_like(p)
+        hi = np.zeros_like(p)
+        lo0 = np.zeros_like(p)
+        hi0 = np.zeros_like(p)
+        complete = np.ones(a, dtype=bool)
+        tiny = np.zeros(a, dtype=bool)
+        for mass_all, g, c, dr, cov, edge in zip(masses, grids, cells, d1, covers, edges):
+            mass = mass_all[active]
+            mass += _window_masses(g, q[active], c[active], dr[active], inner, half, tau, num_classes, precise)
+            mass_all[active] = mass
+            full = cov[active] <= half
+            tail = np.zeros_like(mass)
+            if not full.all():
+                part = np.flatnonzero(~full)
+                tail[part] = _ring_tail(g, c[active[part]], half + 1, dr[active[part]], edge[active[part]], tau)
+            complete &= full
+            p_r, lo_r, hi_r = _share_bounds(mass, tail, eps)
+            p += p_r
+            lo += lo_r
+            hi += hi_r
+            if not precise:
+                _, lo_r, hi_r = _share_bounds(mass, np.zeros_like(tail), eps)
+                lo0 += lo_r
+                hi0 += hi_r
+                # Masses this small would drown in float32 underflow: leave them to float64.
+                tiny |= mass.sum(axis=1) < 1e-20
+        k = len(refs)
+        p /= k
+        # Both bounds hold, so their intersection does.
+        lo = np.maximum(lo / k, glo[active])
+        hi = np.minimum(hi / k, ghi[active])
+        fin = _decided(p, lo, hi, tol)
+        if precise:
+            fin |= complete
+            stuck = np.zeros(a, dtype=bool)
+        else:
+            stuck = ~fin & (tiny | ~_decided(p, np.maximum(lo0 / k, glo[active]), np.minimum(hi0 / k, ghi[active]), tol))
+        out[active[fin]] = p[fin]
+        redo.append(active[stuck])
+        active = active[~fin & ~stuck]
+        inner, half = half, int(math.ceil(half * 1.5))
+    return out, np.concatenate(redo)
+
+
 def _vote_soft_numpy(query: np.ndarray, refs: list[PreparedReference], num_classes: int, tau: float,
-                     k: int | None, tol: float | None, chunk: int):
+                     k: int | None, tol: float | None, chunk: int, want_distance: bool):
     nq = query.shape[0]
     probs = np.zeros((nq, num_classes), dtype=np.float32)
-    distance = np.full(nq, np.inf)
     grids = [r.cell_grid() for r in refs]
     cell = grids[0].cell
     # First window: the cells holding about k pixels (default: a disc of radius 3τ).
     density = max(g.density for g in grids)
     radius = 3 * tau if k is None else math.sqrt(k / (math.pi * density))
     half0 = max(1, int(math.ceil(radius / cell)))
+    cells = [_query_cells(g, query) for g in grids]
+    # Nearest reference pixel: the ``distance`` output (every query, when asked for) and the
+    # reference point exp(−d1/τ) of the window sums, so they cannot underflow (undecided queries).
+    d1 = None
+    distance = None
+    if want_distance:
+        d1 = [_nearest_distance(g, query, c, r.kd_tree) for g, c, r in zip(grids, cells, refs)]
+        distance = np.min(d1, axis=0)
+    # 1. Grid bounds decide the interior of every part.
+    undecided = []
+    glo_all, ghi_all = [], []
     for start in range(0, nq, chunk):
-        q = query[start:start + chunk]
-        n = q.shape[0]
-        d1 = [r.kd_tree().query(q, k=1, workers=-1)[0] for r in refs]
-        distance[start:start + n] = np.min(d1, axis=0)
-        cells = [_query_cells(g, q) for g in grids]
-        # 1. Grid bounds decide the interior of every part.
-        glo = np.zeros((n, num_classes))
-        ghi = np.zeros_like(glo)
-        gest = np.zeros_like(glo)
-        for ref, c in zip(refs, cells):
-            lo_r, hi_r, est_r = _grid_bounds(ref, q, c)
-            glo += lo_r
-            ghi += hi_r
-            gest += est_r
-        glo /= len(refs)
-        ghi /= len(refs)
-        gest /= len(refs)
+        stop = min(start + chunk, nq)
+        glo, ghi, gest = _stage_bounds(refs, grids, query[start:stop], [c[start:stop] for c in cells])
         done = _decided(gest, glo, ghi, tol)
-        block = probs[start:start + n]
-        block[done] = gest[done]
-        # 2. Exact windows, growing, for the rest.
-        active = np.flatnonzero(~done)
-        half = half0
-        # A window this wide around any query cell covers every reference cell: the sum is complete.
-        covers = [np.maximum.reduce([c[:, 0], g.nx - 1 - c[:, 0], c[:, 1], g.ny - 1 - c[:, 1]])
-                  for c, g in zip(cells, grids)]
-        while active.size:
-            p = np.zeros((active.size, num_classes))
-            lo = np.zeros_like(p)
-            hi = np.zeros_like(p)
-            complete = np.ones(active.size, dtype=bool)
-            for ref, g, c, d, cov in zip(refs, grids, cells, d1, covers):
-                mass = _window_masses(ref, q[active], c[active], d[active], half)
-                tail = _ring_tail(g, c[active], half + 1, d[active], tau)
-                full = cov[active] <= half
-                tail[full] = 0.0
-                complete &= full
-                kept = mass.sum(axis=1)
-                p += np.divide(mass, kept[:, None], out=np.zeros_like(mass), where=kept[:, None] > 0)
-                lo += mass / np.maximum(kept + tail.sum(axis=1), 1e-300)[:, None]
-                hi += np.minimum(np.divide(mass + tail, (kept[:, None] + tail), out=np.ones_like(mass),
-                                           where=(kept[:, None] + tail) > 0), 1.0)
-            p /= len(refs)
-            # Both bounds hold, so their intersection does.
-            lo = np.maximum(lo / len(refs), glo[active])
-            hi = np.minimum(hi / len(refs), ghi[active])
-            fin = _decided(p, lo, hi, tol) | complete
-            block[active[fin]] = p[fin]
-            active = active[~fin]
-            half = int(math.ceil(half * 1.5))
+        probs[start:stop][done] = gest[done]
+        rest = np.flatnonzero(~done)
+        undecided.append(rest + start)
+        glo_all.append(glo[rest])
+        ghi_all.append(ghi[rest])
+    active = np.concatenate(undecided)
+    if not active.size:
+        return probs, distance
+    glo, ghi = np.concatenate(glo_all), np.concatenate(ghi_all)
+    if d1 is None:
+        d1 = [np.zeros(nq) for _ in refs]
+        for d, g, c, r in zip(d1, grids, cells, refs):
+            d[active] = _nearest_distance(g, query[active], c[active], r.kd_tree)
+    # 2. Exact windows for the rest: float32 first, float64 for near-ties within float32 error.
+    eps = _float32_error(tau, max([g.extent for g in grids] + [float(np.abs(query[active]).max())]))
+    precise = eps > 1e-3
+    sub, redo = _refine(refs, grids, query[active], [c[active] for c in cells], [d[active] for d in d1],
+                        glo, ghi, half0, tol, precise)
+    probs[active] = sub
+    if redo.size:
+        again = active[redo]
+        sub, _ = _refine(refs, grids, query[again], [c[again] for c in cells], [d[again] for d in d1],
+                         glo[redo], ghi[redo], half0, tol, True)
+        probs[again] = sub
     return probs, distance
 
 
@@ -502,7 +699,7 @@ def _is_tensor(x) -> bool:
 
 def vote(query, references, num_classes: int, *, tau: float = 0.01, mode: Literal["soft", "hard"] = "soft",
          k: int | None = None, return_probabilities: bool = False, tol: float | None = None,
-         chunk: int = 8192) -> VoteResult:
+         chunk: int = 32768, distance: bool = True) -> VoteResult:
     """Transfer labels from reference coordinates to query coordinates.
 
     query: (Nq, 2) canonical coordinates (NumPy array, or a torch tensor: then the torch path runs
@@ -516,6 +713,8 @@ def vote(query, references, num_classes: int, *, tau: float = 0.01, mode: Litera
     the share of a query decided by the grid bounds is an interpolated estimate kept inside its
     proven interval: measured mean error 0.002, worst 0.08 on smooth synthetic warps).
     chunk: queries processed together (bounds memory).
+    distance: fill ``distance`` (the soft vote itself needs the nearest reference pixel only for
+    the few queries near a label boundary; False skips it for the rest and leaves it None).
 
     Returns a VoteResult (labels (Nq,) int64, confidence (Nq,) float32, distance (Nq,) float32,
     probabilities (Nq, C) float32 or None).
@@ -533,18 +732,18 @@ def vote(query, references, num_classes: int, *, tau: float = 0.01, mode: Litera
     refs = prepare_references(references, num_classes, tau)
     if query.shape[0] == 0:
         empty = np.zeros(0, dtype=np.float32)
-        return VoteResult(np.zeros(0, dtype=np.int64), empty, empty,
+        return VoteResult(np.zeros(0, dtype=np.int64), empty, empty if distance else None,
                           np.zeros((0, num_classes), np.float32) if return_probabilities else None)
     if mode == "hard":
-        probs, labels, distance = _hard_numpy(query, refs, num_classes)
+        probs, labels, dist = _hard_numpy(query, refs, num_classes)
     else:
-        probs, distance = _vote_soft_numpy(query, refs, num_classes, tau, k, tol, chunk)
+        probs, dist = _vote_soft_numpy(query, refs, num_classes, tau, k, tol, chunk, distance)
         labels = probs.argmax(axis=1)
     confidence = probs[np.arange(len(labels)), labels]
     return VoteResult(
         labels=labels.astype(np.int64),
         confidence=np.clip(confidence, 0.0, 1.0).astype(np.float32),
-        distance=distance.astype(np.float32),
+        distance=dist.astype(np.float32) if distance else None,
         probabilities=probs.astype(np.float32) if return_probabilities else None,
     )
 
@@ -683,7 +882,8 @@ def reference_points(ref_map: np.ndarray, ref_mask: np.ndarray, ref_valid: np.nd
 
 def propagate_map(query_map: np.ndarray, references, num_classes: int, *, query_valid: np.ndarray | None = None,
                   tau: float = 0.01, mode: Literal["soft", "hard"] = "soft", k: int | None = None,
-                  tol: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  tol: float | None = None, distance: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Label one query correspondence map from reference maps and masks.
 
     query_map: (2, H, W). references: [(ref_map (2, h, w), ref_mask (h, w) uint8)] or
@@ -692,7 +892,9 @@ def propagate_map(query_map: np.ndarray, references, num_classes: int, *, query_
     :func:`reference_points` passed through :func:`prepare_references` (reused across queries).
     query_valid: (H, W) bool; pixels outside it are background (0) with confidence 1 and
     distance 0 (their coordinates mean nothing).
-    Returns labels (H, W) uint8, confidence (H, W) float32, distance (H, W) float32.
+    distance: also return the distance map (off by default: it costs a nearest-neighbour search
+    for every pixel, which the soft vote itself needs only near label boundaries).
+    Returns labels (H, W) uint8, confidence (H, W) float32, distance (H, W) float32 or None.
     """
     _, h, w = query_map.shape
     prepared = [] if not isinstance(references[0], PreparedReference) else list(references)
@@ -701,11 +903,12 @@ def propagate_map(query_map: np.ndarray, references, num_classes: int, *, query_
     points = map_to_points(query_map)
     labels = np.zeros(h * w, dtype=np.uint8)
     confidence = np.ones(h * w, dtype=np.float32)
-    distance = np.zeros(h * w, dtype=np.float32)
+    dist = np.zeros(h * w, dtype=np.float32) if distance else None
     sel = np.ones(h * w, dtype=bool) if query_valid is None else query_valid.reshape(-1).astype(bool)
     if sel.any():
-        res = vote(points[sel], prepared, num_classes, tau=tau, mode=mode, k=k, tol=tol)
+        res = vote(points[sel], prepared, num_classes, tau=tau, mode=mode, k=k, tol=tol, distance=distance)
         labels[sel] = res.labels.astype(np.uint8)
         confidence[sel] = res.confidence
-        distance[sel] = res.distance
-    return labels.reshape(h, w), confidence.reshape(h, w), distance.reshape(h, w)
+        if distance:
+            dist[sel] = res.distance
+    return labels.reshape(h, w), confidence.reshape(h, w), dist.reshape(h, w) if distance else None
