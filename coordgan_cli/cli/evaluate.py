@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from coordgan_cli.cli._common import get_state, info, make_progress, print_json, warn
+from coordgan_cli.cli._common import get_state, info, make_progress, print_json
 from coordgan_cli.data.benchmarks import DATASETS, Benchmark, Sample, load_benchmark, read_keypoints
 from coordgan_cli.errors import UserError
 from coordgan_cli.metrics.iou import IoUResult
@@ -407,7 +407,7 @@ def evaluate(
     tau: float = typer.Option(PAPER_TAU, "--tau", help="Soft-vote temperature (paper: 0.01)."),
     fid_real: Optional[Path] = typer.Option(None, "--fid-real", help="Folder of real images: FID of generated samples "
                                             "against it (needs --ckpt; offline Inception, statistics cached)."),
-    fid_samples: int = typer.Option(1000, "--fid-samples", help="Generated samples for FID (paper: 50000)."),
+    fid_samples: int = typer.Option(1000, "--fid-samples", help="Generated samples for FID (the usual protocol: 50000; CPU runs use fewer — compare only at equal counts)."),
     fid_cache: Optional[Path] = typer.Option(None, "--fid-cache", help="Cache folder for real-set FID statistics "
                                              "(default: ~/.cache/coordgan/fid)."),
     perceptual: str = typer.Option("stlpips-alex", "--perceptual", help="Perceptual distance for disentanglement and "

