@@ -204,3 +204,31 @@ def test_store_put_and_merge(tmp_path):
         assert r.read("labels", 3).max() == 2 and r.read("labels", 0).max() == 0
     with pytest.raises(UserError, match="more than one shard"):
         store.copy_rows([tmp_path / "a.h5", tmp_path / "a.h5"], tmp_path / "dup.h5")
+
+
+def test_store_survives_repeated_kill_9(tmp_path):
+    """A writer killed at arbitrary moments leaves a store that reads and resumes."""
+    import subprocess
+    import time
+
+    path = tmp_path / "maps.h5"
+    child = (
+        "import sys, numpy as np\n"
+        "from coordgan_cli.io.store import StoreWriter\n"
+        "w = StoreWriter(sys.argv[1], size=(32, 32), source='model', with_valid=True)\n"
+        "i = w.complete\n"
+        "while True:\n"
+        "    w.append(f'd/{i:06d}.png', np.full((2, 32, 32), i % 7 / 7, np.float32), valid=np.ones((32, 32), bool))\n"
+        "    i += 1\n"
+    )
+    for delay in (0.9, 1.3, 1.1, 1.6):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(path)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        with store.StoreReader(path) as r:
+            n = len(r)
+            assert r.names == [f"d/{i:06d}.png" for i in range(n)]
+            if n:
+                np.testing.assert_allclose(r.correspondence(n - 1), (n - 1) % 7 / 7, atol=1e-3)
+    assert n > 0

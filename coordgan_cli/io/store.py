@@ -5,7 +5,8 @@ Layout version 1 (DESIGN §5; extra datasets are allowed):
 - file attributes: ``format`` = "coordgan.correspondence", ``version`` = 1, ``size`` = [H, W],
   ``source`` = "ground-truth" | "model", ``complete`` = number of finished rows, and for model
   stores ``checkpoint_sha256`` and ``config`` (JSON text);
-- ``names`` (N,) UTF-8 strings: each image's path relative to its input folder, POSIX, unique;
+- ``names`` (N,) UTF-8 strings (fixed length, 1024 bytes): each image's path relative to its
+  input folder, POSIX, unique;
 - ``correspondence`` (N, 2, H, W) float16/float32, one chunk per image, gzip-compressed:
   channel 0 = canonical x (across columns), channel 1 = canonical y (down rows), in [-1, 1];
 - optional ``valid`` (N, H, W) bool, ``structure`` (N, D), ``texture`` (N, L, D),
@@ -30,7 +31,13 @@ from coordgan_cli.errors import UserError
 FORMAT = "coordgan.correspondence"
 VERSION = 1
 SOURCES = ("ground-truth", "model")
-_STR = h5py.string_dtype(encoding="utf-8")
+# Names are fixed-length UTF-8 with one name per compressed chunk. Variable-length strings live
+# in HDF5's global heap, which a writer killed mid-append can leave corrupt ("bad heap index"),
+# and a compressed chunk shared by several rows is rewritten (and moved) on every append, which
+# a kill can leave unreadable; a chunk per row is written once and never touched again, like the
+# maps themselves. Both failures were seen under repeated kill -9 before this layout.
+NAME_BYTES = 1024
+_STR = h5py.string_dtype(encoding="utf-8", length=NAME_BYTES)
 _COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 
@@ -103,7 +110,7 @@ class StoreWriter:
             f.attrs["config"] = config_json
         if sha is not None:
             f.attrs["checkpoint_sha256"] = sha
-        f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1,), **_COMPRESSION)
         _row_dataset(f, "correspondence", (2, *self.size), np.dtype(dtype))
         for name, (shape, dt) in self._optional.items():
             _row_dataset(f, name, shape, dt)
@@ -155,6 +162,8 @@ class StoreWriter:
         """Write one finished row; returns its index. ``name`` must be new to the store."""
         if name in self._names_seen:
             raise ValueError(f"{self.path}: duplicate name {name!r}")
+        if len(name.encode("utf-8")) > NAME_BYTES:
+            raise UserError(f"{name[:60]}…: a relative path longer than {NAME_BYTES} bytes cannot be stored in {self.path}")
         corr = np.asarray(correspondence)
         if corr.shape != (2, *self.size):
             raise ValueError(f"correspondence must have shape {(2, *self.size)}, got {corr.shape}")
