@@ -177,6 +177,34 @@ def test_warp_chunking_does_not_change_values(monkeypatch: pytest.MonkeyPatch) -
     assert torch.allclose(warp(w, 40), whole, atol=1e-6)
 
 
+def test_warp_inference_path_equals_autograd_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without autograd the MLP runs block by block with fused addmm / in-place ReLU; values must
+    equal the autograd path's (which training uses), for shared and per-sample points, and the
+    autograd path must still give gradients."""
+    import coordgan_cli.models.warp as warp_mod
+
+    torch.manual_seed(0)
+    warp = CoordinateWarp(latent_dim=8, hidden=32, n_layers=4)
+    w = torch.randn(3, 8)
+    with_grad = warp(w, (24, 40))
+    assert with_grad.requires_grad
+    with_grad.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in warp.parameters())
+    monkeypatch.setattr(warp_mod, "_BLOCK_ELEMENTS", 1)  # 256-point blocks (1 thread): several per grid
+    monkeypatch.setattr(warp_mod, "_CHUNK_ELEMENTS", 1)  # 1024-point blocks otherwise
+    with torch.no_grad():
+        fast = warp(w, (24, 40))
+        pts = torch.rand(3, 700, 2) * 2 - 1
+        per_sample = warp.warp_points(w, pts)
+    with torch.inference_mode():
+        assert torch.allclose(warp(w, (24, 40)), fast)
+    assert torch.allclose(fast, with_grad.detach(), atol=1e-6)
+    expected = torch.stack([warp.mlp._run(pts[i][None], (w[i] @ warp.mlp.first.weight[:, 2:].t()
+                                                            + warp.mlp.first.bias)[None, None])[0]
+                            for i in range(3)]).detach()
+    assert torch.allclose(per_sample, expected, atol=1e-6)
+
+
 def _reference_modulated_conv(conv: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     """Straightforward StyleGAN2 definition: one modulated (and demodulated) weight per sample."""
     outs = []
