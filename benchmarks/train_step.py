@@ -30,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
+from _peak import PeakMemory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def measure(method: str, args: argparse.Namespace) -> dict:
@@ -67,22 +62,12 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     ctx = gs.StepContext(recipe, 0, build_perceptual(recipe.losses.perceptual, device), Distributed(0, 1, device),
                          lambda pos: torch.rand(len(pos), 3, size, size, generator=gen) * 2 - 1)
     gs.train_step(state, ctx)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _rss_kib("VmRSS") * 1024
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        gs.train_step(state, ctx)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = _rss_kib("VmHWM") * 1024 - base
-    return {"its": args.steps / (time.perf_counter() - start), "peak_bytes": max(int(peak), 1)}
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            gs.train_step(state, ctx)
+        seconds = time.perf_counter() - start
+    return {"its": args.steps / seconds, "peak_bytes": peak.bytes}
 
 
 def main() -> None:

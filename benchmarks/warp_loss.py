@@ -26,12 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from _peak import PeakMemory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def measure(method: str, size: int, batch: int, device_name: str, tau: float, repeats: int) -> dict:
@@ -59,22 +54,13 @@ def measure(method: str, size: int, batch: int, device_name: str, tau: float, re
     small = losses.canonical_grid(8, 8).unsqueeze(0).to(device).requires_grad_()
     warp(small, small, torch.rand(1, 3, 8, 8, device=device), tau).sum().backward()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
-        base = _rss_kib("VmRSS") * 1024
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = _rss_kib("VmHWM") * 1024 - base
-    return {"seconds": min(times), "peak_bytes": max(int(peak), 1)}
+    with PeakMemory(device) as peak:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "peak_bytes": peak.bytes}
 
 
 def run_child(method: str, size: int, args: argparse.Namespace) -> dict:

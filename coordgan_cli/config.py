@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import json
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -255,7 +255,7 @@ def _markdown(report: dict) -> str:
     for cls in report["per_class"]:
         lines.append(f"| {cls} | " + " | ".join(_fmt(m["per_class"][cls]) if "per_class" in m else "n/a"
                                                  for _, m in methods) + " |")
-    lines.append(f"| **mean** | " + " | ".join(f"**{_fmt(m['miou'])}**" if m.get("available", True) else "n/a"
+    lines.append("| **mean** | " + " | ".join(f"**{_fmt(m['miou'])}**" if m.get("available", True) else "n/a"
                                                 for _, m in methods) + " |")
     for name, m in methods:
         if not m.get("available", True):

@@ -24,6 +24,7 @@ import typer
 
 from coordgan_cli.cli._common import get_state, info, print_json, track, warn
 from coordgan_cli.errors import UserError
+from coordgan_cli.io.jsonfile import read_json
 
 PROGRESS = "progress.jsonl"
 MATCHERS = ("coordinates", "correlation", "ensemble")
@@ -284,7 +285,7 @@ def propagate(
     from coordgan_cli.io.coco import categories as coco_categories
     from coordgan_cli.io.coco import mask_annotations, read_reference_coco
     from coordgan_cli.io.images import ImageReadError, image_size, is_image_path, read_image, read_path_list, relative_name
-    from coordgan_cli.io.masks import (IGNORE, check_mask_ids, colourise, default_labels, read_labels, read_mask,
+    from coordgan_cli.io.masks import (IGNORE, check_mask_ids, default_labels, read_labels, read_mask,
                                        write_labels, write_mask)
 
     # ---- queries --------------------------------------------------------------------------
@@ -560,12 +561,7 @@ def _read_ref_keypoints(path: Path, references: list[Reference]):
     """(category dict, [(xy (K, 2), visible (K,))] per reference) from a COCO keypoints file."""
     from coordgan_cli.io.coco import _match_image
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: keypoints file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a JSON file ({exc})") from exc
+    data = read_json(path, "keypoints file")
     cats = [c for c in data.get("categories", []) if c.get("keypoints")]
     if not cats or "images" not in data or "annotations" not in data:
         raise UserError(f"{path}: not a COCO keypoints file (needs images, annotations and a category with keypoints)")

@@ -8,7 +8,6 @@ In: the annotations of one image, rasterised (polygons and RLE both) into an id 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
@@ -17,6 +16,7 @@ from pycocotools import mask as mask_utils
 
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_write_json
+from coordgan_cli.io.jsonfile import read_json
 from coordgan_cli.io.masks import IGNORE, LabelSet, _auto_colour
 
 
@@ -147,12 +147,7 @@ def read_reference_coco(path: str | Path, names: list[str], labels: LabelSet | N
     Returns (mask (H, W) uint8, labels, (H, W) from the COCO image entry).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: COCO file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a JSON file ({exc})") from exc
+    data = read_json(path, "COCO file")
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise UserError(f"{path}: not a COCO file (needs 'images', 'annotations' and 'categories')")
     image = _match_image(data["images"], names)

@@ -8,7 +8,6 @@ comes from the labels file, so any image viewer shows them in colour and any too
 from __future__ import annotations
 
 import colorsys
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -18,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_path, atomic_write_json
+from coordgan_cli.io.jsonfile import read_json
 
 IGNORE = 255
 LABELS_FORMAT = "coordgan.labels"
@@ -96,12 +96,7 @@ def labels_from_names(names: list[str]) -> LabelSet:
 def read_labels(path: str | Path) -> LabelSet:
     """Read ``labels.json``: {"labels": [{"id", "name", "colour"}]} (also a plain {id: name} map)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: labels file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a JSON labels file ({exc})") from exc
+    data = read_json(path, "labels file")
     names: dict[int, str] = {}
     colours: dict[int, tuple[int, int, int]] = {}
     try:
