@@ -232,3 +232,11 @@ def test_store_survives_repeated_kill_9(tmp_path):
             if n:
                 np.testing.assert_allclose(r.correspondence(n - 1), (n - 1) % 7 / 7, atol=1e-3)
     assert n > 0
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    atomic.atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
