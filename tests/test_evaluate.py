@@ -325,7 +325,11 @@ def save_matcher(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def test_every_matcher_in_one_table(tmp_path):
+def test_every_matcher_in_one_table(tmp_path, monkeypatch):
+    import coordgan_cli.inference as inference
+
+    # The "no matcher" columns below need a build without the shipped default matcher.
+    monkeypatch.setattr(inference, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     root = make_synthetic(tmp_path / "syn", count=4, size=24)
     matcher = save_matcher(tmp_path / "m.pt")
     base = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store", str(root / "correspondence.h5"),

@@ -210,7 +210,11 @@ def test_deterministic(dataset: Path, matcher_ckpt: Path, tmp_path: Path) -> Non
         assert (outs[0] / "annotations.json").read_bytes() == (outs[1] / "annotations.json").read_bytes()
 
 
-def test_errors(dataset: Path, matcher_ckpt: Path, tmp_path: Path) -> None:
+def test_errors(dataset: Path, matcher_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import coordgan_cli.inference as inference
+
+    # "pass --matcher-ckpt" is the message of a build without the shipped default matcher.
+    monkeypatch.setattr(inference, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     base = [*_ref(dataset), "--queries", dataset / "images", "--out", tmp_path / "out"]
 
     def error(*args) -> str:
