@@ -86,6 +86,16 @@ def _result(warped: torch.Tensor, c: int, hq: int, wq: int, with_image: bool) ->
     return WarpResult(probabilities, probabilities.max(dim=0).values, image)
 
 
+def _flat_features(query_features: torch.Tensor, ref_features: torch.Tensor, normalise: bool,
+                   patch: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(D, HqWq) query and (D, HrWr) reference features in float32 (normalised if asked), Hq, Wq."""
+    if normalise:
+        query_features = normalise_features(query_features, patch=patch)
+        ref_features = normalise_features(ref_features, patch=patch)
+    d, hq, wq = query_features.shape
+    return query_features.reshape(d, -1).float(), ref_features.reshape(d, -1).float(), hq, wq
+
+
 def correlation_dense(query_features: torch.Tensor, ref_features: torch.Tensor, ref_onehot: torch.Tensor,
                       *, tau: float = 0.01, ref_image: Optional[torch.Tensor] = None,
                       normalise: bool = True, patch: bool = False) -> WarpResult:
@@ -97,12 +107,7 @@ def correlation_dense(query_features: torch.Tensor, ref_features: torch.Tensor, 
     Memory is O((HW)²): a reference for tests and benchmarks, not for real use.
     """
     _check_inputs(query_features, ref_features, ref_onehot, ref_image)
-    if normalise:
-        query_features = normalise_features(query_features, patch=patch)
-        ref_features = normalise_features(ref_features, patch=patch)
-    d, hq, wq = query_features.shape
-    q = query_features.reshape(d, -1).float()
-    r = ref_features.reshape(d, -1).float()
+    q, r, hq, wq = _flat_features(query_features, ref_features, normalise, patch)
     attention = torch.softmax((q.t() @ r) / tau, dim=1)  # (HqWq, HrWr)
     values, c = _stack_values(ref_onehot, ref_image)
     warped = values @ attention.t()  # (C[+3], HqWq)
@@ -125,12 +130,7 @@ def correlation_chunked(query_features: torch.Tensor, ref_features: torch.Tensor
     _check_inputs(query_features, ref_features, ref_onehot, ref_image)
     if k is not None and k < 1:
         raise ValueError(f"k must be >= 1 or None, got {k}")
-    if normalise:
-        query_features = normalise_features(query_features, patch=patch)
-        ref_features = normalise_features(ref_features, patch=patch)
-    d, hq, wq = query_features.shape
-    q = query_features.reshape(d, -1).float()
-    r = ref_features.reshape(d, -1).float()
+    q, r, hq, wq = _flat_features(query_features, ref_features, normalise, patch)
     n_ref = r.shape[1]
     exact = k is None
     k = n_ref if exact else min(k, n_ref)
