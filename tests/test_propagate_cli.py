@@ -67,6 +67,7 @@ def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     assert summary["count"] == 4 and summary["skipped"] == []
     assert set(summary["outputs"]) >= {"labels", "labels_json", "annotations", "report", "overlays", "confidence"}
     assert 0.5 < summary["mean_confidence"] <= 1.0
+    assert summary["tau"] == pytest.approx(0.01 * 128 / SIZE)  # the paper's τ scaled to the references' side
     with StoreReader(dataset / "maps.h5") as store:
         for name in ["a.png", "b.png", "sub/c.png"]:
             pred = read_mask(out / "labels" / name)

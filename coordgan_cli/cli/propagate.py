@@ -250,7 +250,9 @@ def propagate(
                                             "Studio exports); images matched by file_name."),
     labels_path: Optional[Path] = typer.Option(None, "--labels", help="labels.json naming the class ids."),
     mode: str = typer.Option("soft", "--mode", help="soft (τ-weighted vote over all reference pixels) | hard (nearest)."),
-    tau: float = typer.Option(0.01, "--tau", help="Soft-vote temperature in canonical units (paper: 0.01)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Soft-vote temperature in canonical units. Default: "
+                                        "0.01 × 128 / S for references of side S px (the paper's 0.01 at 128 px, "
+                                        "scaled so a vote is as sharp as a pixel at any resolution)."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Mark pixels whose winning vote share "
                                                    "is below this as 255 (ignore)."),
     resize_mask: bool = typer.Option(False, "--resize-mask", help="Resize a mask whose size differs from its image (nearest)."),
@@ -272,7 +274,7 @@ def propagate(
     started = time.perf_counter()
     if mode not in ("soft", "hard"):
         raise UserError(f"--mode must be soft or hard, got {mode!r}")
-    if not tau > 0:
+    if tau is not None and not tau > 0:
         raise UserError(f"--tau must be positive, got {tau}")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
@@ -281,7 +283,7 @@ def propagate(
 
     from coordgan_cli.correspondence.ensemble import coordinate_probabilities, fuse_probabilities
     from coordgan_cli.correspondence.keypoints import transfer_keypoints
-    from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points
+    from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points, resolution_tau
     from coordgan_cli.io.coco import categories as coco_categories
     from coordgan_cli.io.coco import mask_annotations, read_reference_coco
     from coordgan_cli.io.images import ImageReadError, image_size, is_image_path, read_image, read_path_list, relative_name
@@ -351,6 +353,10 @@ def propagate(
     for r in references:
         check_mask_ids(r.mask, labels, f"mask of {r.image}")
     num_classes = max(labels.num_classes, max(int(r.mask[r.mask != IGNORE].max()) for r in references) + 1)
+    if tau is None:
+        tau = resolution_tau(max(max(r.size) for r in references))
+        info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {max(max(r.size) for r in references)} px)",
+             state)
 
     # ---- keypoints of the references --------------------------------------------------------
     kp_category = None
@@ -488,7 +494,7 @@ def propagate(
                  legend=[(labels.names[i], labels.colours[i]) for i in labels.ids], limit=report_limit)
     summary = {
         "count": len(finished), "new": new_count, "resumed": resumed, "skipped": skipped, "matcher": matcher,
-        "seconds": round(seconds, 3), "mean_confidence": mean_conf, "outputs": outputs,
+        "mode": mode, "tau": tau, "seconds": round(seconds, 3), "mean_confidence": mean_conf, "outputs": outputs,
     }
     for s in skipped:
         warn(f"skipped {s['name']}: {s['reason']}")

@@ -23,11 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from coordgan_cli.correspondence.vote import PAPER_SIZE, PAPER_TAU
 from coordgan_cli.data.benchmarks import Benchmark, Sample
 from coordgan_cli.metrics.iou import IGNORE, IoUAccumulator, IoUResult, summarize
-
-PAPER_SIZE = 128
-PAPER_TAU = 0.01
 
 
 class MapSource(Protocol):
