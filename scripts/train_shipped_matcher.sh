@@ -10,5 +10,5 @@ coordgan --seed 1 train-matcher recipes/matcher-synthetic.toml --out "$work/run"
 coordgan synth "$work/test" --category faces --count 40 --size 64 --seed 777 --difficulty medium
 coordgan evaluate --dataset synthetic --root "$work/test" --store "$work/test/correspondence.h5" \
     --matcher-ckpt "$work/run/latest.pt" --protocol fullres --json > "$work/evaluation.json"
-python scripts/ship_matcher.py "$work/run/latest.pt" coordgan_cli/shipped/synthetic-matcher.pt \
+python scripts/ship_model.py "$work/run/latest.pt" coordgan_cli/shipped/synthetic-matcher.pt \
     --evaluation "$work/evaluation.json"
