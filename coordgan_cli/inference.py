@@ -40,28 +40,37 @@ from coordgan_cli.errors import UserError
 from coordgan_cli.io.checkpoint import checkpoint_recipe, file_sha256, load_checkpoint, load_state_strict
 from coordgan_cli.models import Encoder, Generator, encoder_kwargs, generator_kwargs
 
+# The package's own shipped models; COORDGAN_SHIPPED_DIR (read at every call) points elsewhere.
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_DIR_ENV = "COORDGAN_SHIPPED_DIR"
 DEFAULT_BATCH = 16
 
 Size = tuple[int, int]
 
 
+def shipped_dir() -> Path:
+    """The folder of shipped models: ``$COORDGAN_SHIPPED_DIR`` if set (and not empty), else ``SHIPPED_DIR``."""
+    override = os.environ.get(SHIPPED_DIR_ENV)
+    return Path(override) if override else SHIPPED_DIR
+
+
 def shipped_models() -> list[str]:
-    """Names of the models shipped in ``coordgan_cli/shipped/<name>.pt``."""
-    if not SHIPPED_DIR.is_dir():
+    """Names of the models shipped as ``<shipped dir>/<name>.pt`` (CoordGAN models and matchers)."""
+    folder = shipped_dir()
+    if not folder.is_dir():
         return []
-    return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
+    return sorted(p.stem for p in folder.glob("*.pt"))
 
 
 def resolve_checkpoint(ckpt_path: str | os.PathLike | None, model_name: str | None = None) -> Path:
     """A checkpoint path from an explicit path or a shipped model name (exactly one of them)."""
     if ckpt_path is not None and model_name is not None:
-        raise UserError("give either a checkpoint path or a shipped model name, not both")
+        raise UserError("give either a checkpoint path (--ckpt / CKPT) or a shipped model (--model NAME), not both")
     if ckpt_path is not None:
         return Path(ckpt_path)
     if model_name is None:
         raise UserError("no model given: pass a checkpoint path (or the name of a shipped model)")
-    path = SHIPPED_DIR / f"{model_name}.pt"
+    path = shipped_dir() / f"{model_name}.pt"
     if not path.is_file():
         names = shipped_models()
         have = f"shipped models: {', '.join(names)}" if names else "this build ships no models"
@@ -69,8 +78,34 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike | None, model_name: str | No
     return path
 
 
+# The CoordGAN model (an encoder checkpoint embedding its generator) that `propagate`, `invert`,
+# `swap`, `evaluate` and `demo` use when given neither a checkpoint nor --model, once it ships as
+# <shipped dir>/<DEFAULT_MODEL>.pt.
+DEFAULT_MODEL = "faces"
+
+NO_MODEL = ("no model: pass --ckpt CKPT (an encoder checkpoint) or --model NAME; "
+            "this build ships no CoordGAN model")
+
+
+def resolve_model(ckpt_path: str | os.PathLike | None, model_name: str | None = None) -> Path:
+    """A CoordGAN checkpoint path: the explicit path, else the named shipped model, else the shipped
+    default model (``DEFAULT_MODEL``) if its file exists; UserError (``NO_MODEL``) when none applies.
+    Both a path and a name is a UserError."""
+    if ckpt_path is not None or model_name is not None:
+        return resolve_checkpoint(ckpt_path, model_name)
+    default = shipped_dir() / f"{DEFAULT_MODEL}.pt"
+    if default.is_file():
+        return default
+    raise UserError(NO_MODEL)
+
+
+def is_default_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the shipped default model (for an info line naming it)."""
+    return Path(path) == shipped_dir() / f"{DEFAULT_MODEL}.pt"
+
+
 # The matcher `propagate --matcher correlation|ensemble` uses when no --matcher-ckpt is given, once
-# one ships as coordgan_cli/shipped/<DEFAULT_MATCHER>.pt (a `coordgan train-matcher` checkpoint).
+# one ships as <shipped dir>/<DEFAULT_MATCHER>.pt (a `coordgan train-matcher` checkpoint).
 DEFAULT_MATCHER = "synthetic-matcher"
 
 
@@ -79,7 +114,7 @@ def resolve_matcher(ckpt_path: str | os.PathLike | None, model_name: str | None 
     default matcher (``DEFAULT_MATCHER``); UserError saying to pass --matcher-ckpt when none applies."""
     if ckpt_path is not None or model_name is not None:
         return resolve_checkpoint(ckpt_path, model_name)
-    default = SHIPPED_DIR / f"{DEFAULT_MATCHER}.pt"
+    default = shipped_dir() / f"{DEFAULT_MATCHER}.pt"
     if default.is_file():
         return default
     raise UserError("no feature matcher: pass --matcher-ckpt M.pt (the latest.pt of `coordgan train-matcher`); "

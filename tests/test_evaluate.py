@@ -133,7 +133,9 @@ def test_synthetic_fullres_table_and_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_synthetic_errors_name_what_is_missing(tmp_path):
+def test_synthetic_errors_name_what_is_missing(tmp_path, monkeypatch):
+    # "give --ckpt" is the message of a build without a shipped CoordGAN model (else it is the default).
+    monkeypatch.setenv("COORDGAN_SHIPPED_DIR", str(tmp_path / "no-shipped-models"))
     root = make_synthetic(tmp_path / "syn", count=3)
     (root / "masks" / "000001.png").unlink()
     r = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--root", str(root), "--store",

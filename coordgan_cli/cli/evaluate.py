@@ -383,6 +383,25 @@ def _count_option(value: int, option: str) -> int:
     return value
 
 
+def _resolve_model_option(ckpt: Optional[Path], model_name: Optional[str], store: Optional[Path],
+                          state) -> Optional[Path]:
+    """The model checkpoint to evaluate: --ckpt, --model, or (with neither, nor --store) the shipped default."""
+    from coordgan_cli.inference import is_default_model, resolve_model
+
+    if ckpt is not None or model_name is not None:
+        return resolve_model(ckpt, model_name)
+    if store is not None:
+        return None
+    try:
+        path = resolve_model(None, None)
+    except UserError as exc:
+        raise UserError("give --ckpt (a model: maps from its encoder), --model NAME or --store (precomputed maps); "
+                        "this build ships no CoordGAN model to use by default") from exc
+    if is_default_model(path):
+        info(f"evaluate: the shipped model {path.stem!r} ({path}); --ckpt, --model or --store chooses another", state)
+    return path
+
+
 def evaluate(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", help=f"Benchmark layout: {' | '.join(DATASETS)}."),
@@ -392,6 +411,9 @@ def evaluate(
                                         "generator (or a generator checkpoint with --store) gives FID and swaps."),
     store: Optional[Path] = typer.Option(None, "--store", help="Precomputed maps (HDF5 store, DESIGN §5) — any method. "
                                          "With --ckpt too, the maps come from the store."),
+    model_name: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see `coordgan "
+                                             "models`) in place of --ckpt. With neither --ckpt nor --store, the "
+                                             "shipped default model is used."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (128², per-reference, as published) | fullres (ours)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.{json,csv,md} and per_class_iou.png here."),
@@ -430,8 +452,7 @@ def evaluate(
     mode = _resolve_vote(vote, legacy_matcher)
     if not tau > 0:
         raise UserError(f"--tau must be positive, got {tau}")
-    if ckpt is None and store is None:
-        raise UserError("give --ckpt (a model: maps from its encoder) or --store (precomputed maps), or both")
+    ckpt = _resolve_model_option(ckpt, model_name, store, state)
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"--ckpt {ckpt}: file not found")
     if store is not None and not store.is_file():

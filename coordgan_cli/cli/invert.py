@@ -1,4 +1,5 @@
-"""``coordgan invert CKPT INPUT --out maps.h5``: correspondence maps of real images into an HDF5 store.
+"""``coordgan invert [CKPT] INPUT --out maps.h5``: correspondence maps of real images into an HDF5 store
+(without CKPT: the shipped model, or --model NAME).
 
 Also ``coordgan invert --merge a.h5 b.h5 … --out all.h5`` to join shards.
 """
@@ -21,7 +22,8 @@ into the shared HDF5 store (source = "model"; row names = paths relative to INPU
 
 \b
 INPUT is a folder (recursive, sorted), a text file of image paths (relative to the file), or -
-for paths on stdin (relative to the working folder).
+for paths on stdin (relative to the working folder). Without CKPT the shipped CoordGAN model
+maps them (or --model NAME; `coordgan models` lists what this build ships).
 \b
 Resumable: rerun the same command after an interruption (even kill -9); finished names are
 skipped and the result equals an uninterrupted run.
@@ -37,8 +39,11 @@ or on one machine: torchrun --nproc_per_node=N -m coordgan_cli invert CKPT DIR -
 
 def invert_command(
     ctx: typer.Context,
-    args: Optional[List[str]] = typer.Argument(None, metavar="CKPT INPUT | STORES...",
-                                               help="An encoder checkpoint and the images; with --merge, the stores to join."),
+    args: Optional[List[str]] = typer.Argument(None, metavar="[CKPT] INPUT | STORES...",
+                                               help="An encoder checkpoint and the images (INPUT alone: the shipped "
+                                               "model); with --merge, the stores to join."),
+    model_name: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see "
+                                             "`coordgan models`) instead of CKPT."),
     out: Path = typer.Option(..., "--out", help="The store to write (.h5); resumed if it exists."),
     size: Optional[str] = typer.Option(None, "--size", help="Map size N (or HxW); default: the model's canonical size."),
     full: bool = typer.Option(False, "--full", help="Also store structure/texture codes and write reconstructions to <out>_reconstructions/."),
@@ -56,13 +61,11 @@ def invert_command(
     if merge:
         _merge(args, out, state, as_json)
         return
-    if len(args) != 2:
-        raise UserError("invert needs CKPT and INPUT (or --merge STORES... --out OUT); see coordgan invert --help")
+    ckpt, source = _model_and_input(args, model_name, state)
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype {dtype!r}: use float16 or float32")
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UserError(f"--out {out}: the store must be an .h5 file")
-    ckpt, source = Path(args[0]), args[1]
 
     from coordgan_cli.inference import load_correspondence_model
     from coordgan_cli.inversion import invert_to_store, parse_shard, parse_size
@@ -139,6 +142,30 @@ def invert_command(
              + (f"; {result['already_done']} already done" if result["already_done"] else "")
              + (f"; {len(result['skipped'])} skipped (listed in {out.stem}.skipped.json)" if result["skipped"] else ""),
              state)
+
+
+def _model_and_input(args: list[str], model: Optional[str], state) -> tuple[Path, str]:
+    """(checkpoint, INPUT) from ``CKPT INPUT``, ``--model NAME INPUT`` or ``INPUT`` (the shipped default model)."""
+    from coordgan_cli.inference import NO_MODEL, is_default_model, resolve_model
+
+    if len(args) == 2:
+        if model is not None:
+            raise UserError(f"--model {model} and a checkpoint ({args[0]}) both given: pass one of them, then INPUT")
+        return resolve_model(args[0]), args[1]
+    if len(args) != 1:
+        raise UserError("invert needs INPUT, or CKPT INPUT (or --merge STORES... --out OUT); see coordgan invert --help")
+    if args[0].endswith(".pt") and Path(args[0]).is_file():
+        raise UserError(f"{args[0]} looks like a checkpoint: invert needs INPUT after it (a folder, a list of paths or -)")
+    try:
+        path = resolve_model(None, model)
+    except UserError as exc:
+        if exc.message == NO_MODEL:
+            raise UserError("invert needs CKPT INPUT (or --model NAME INPUT); this build ships no CoordGAN model to "
+                            "use by default") from exc
+        raise
+    if is_default_model(path):
+        info(f"invert: the shipped model {path.stem!r} ({path}); give CKPT or --model to choose another", state)
+    return path, args[0]
 
 
 def _single_process(device):

@@ -17,12 +17,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import typer
 
-from coordgan_cli.cli._common import get_state, info, print_json, track, warn
+from coordgan_cli.cli._common import AppState, get_state, info, print_json, track, warn
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.jsonfile import read_json
 
@@ -242,7 +242,10 @@ def propagate(
     mask: list[Path] = typer.Option([], "--mask", help="Its mask: palette/greyscale id PNG or .npy (repeat, in --ref order)."),
     queries: str = typer.Option(..., "--queries", help="Images to label: a folder, a text file of paths, or - (stdin)."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: a rerun skips finished queries)."),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Encoder checkpoint giving the maps (when no --store)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Encoder checkpoint giving the maps (when no --store). "
+                                        "Default: the shipped CoordGAN model, if this build has one."),
+    model: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see `coordgan "
+                                        "models`) giving the maps, instead of --ckpt."),
     store: Optional[Path] = typer.Option(None, "--store", help="Correspondence store (DESIGN §5) holding the maps of "
                                          "queries and references, keyed by path relative to their folder."),
     refs: Optional[Path] = typer.Option(None, "--refs", help="Text file of references: 'image mask' per line."),
@@ -271,6 +274,38 @@ def propagate(
     """Transfer reference masks to every query image at its own resolution: palette PNGs +
     labels.json, COCO annotations.json, overlays, confidence heat maps and report.html."""
     state = get_state(ctx)
+    summary = run_propagate(
+        state, ref=ref, mask=mask, queries=queries, out=out, ckpt=ckpt, model=model, store=store, refs=refs,
+        ref_coco=ref_coco, labels_path=labels_path, mode=mode, tau=tau, min_confidence=min_confidence,
+        resize_mask=resize_mask, polygons=polygons, ref_keypoints=ref_keypoints, matcher=matcher,
+        matcher_ckpt=matcher_ckpt, report_limit=report_limit)
+    if json_out:
+        print_json(summary)
+        return
+    finished, mean_conf = summary["count"], summary["mean_confidence"]
+    info(f"labelled {finished} image(s) ({summary['new']} new, {summary['resumed']} from an earlier run, "
+         f"{len(summary['skipped'])} skipped) in {summary['seconds']:.1f} s; mean confidence "
+         f"{mean_conf:.3f}" if mean_conf is not None else "no images labelled", state)
+    info(f"outputs in {out}: labels/, annotations.json, overlays/, confidence/, report.html", state)
+
+
+def run_propagate(
+    state: AppState, *, ref: list[Path], mask: list[Path], queries: str, out: Path, ckpt: Optional[Path] = None,
+    model: Optional[str] = None, store: Optional[Path] = None, refs: Optional[Path] = None,
+    ref_coco: Optional[Path] = None, labels_path: Optional[Path] = None, mode: str = "soft",
+    tau: Optional[float] = None, min_confidence: Optional[float] = None, resize_mask: bool = False,
+    polygons: bool = False, ref_keypoints: Optional[Path] = None, matcher: str = "coordinates",
+    matcher_ckpt: Optional[Path] = None, report_limit: int = 500, report_title: str = "coordgan propagate — review",
+    score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
+) -> dict[str, Any]:
+    """``coordgan propagate`` as a function (the options above, same names); returns its JSON summary.
+
+    Maps come from ``store``, else from ``ckpt`` / the shipped ``model`` / the shipped default model
+    (``inference.resolve_model``). ``score(out, finished_names)``, if given, runs once every label
+    PNG is written and before the report: the (label → text) pairs it returns join the report's
+    summary line (the demo puts its measured mIoU there). Diagnostics go to stderr as in the
+    command; the caller reports the result.
+    """
     started = time.perf_counter()
     if mode not in ("soft", "hard"):
         raise UserError(f"--mode must be soft or hard, got {mode!r}")
@@ -278,8 +313,10 @@ def propagate(
         raise UserError(f"--tau must be positive, got {tau}")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
-    _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints)
+    _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
     uses_maps = matcher != "correlation"  # coordinates and ensemble vote on correspondence maps
+    if uses_maps and store is None:
+        ckpt = _resolve_map_model(ckpt, model, state)
 
     from coordgan_cli.correspondence.ensemble import coordinate_probabilities, fuse_probabilities
     from coordgan_cli.correspondence.keypoints import transfer_keypoints
@@ -486,11 +523,12 @@ def propagate(
         "overlay": out / "overlays" / f"{_output_stem(n)}.jpg",
         "confidence": out / "confidence" / f"{_output_stem(n)}.png",
     } for n in finished]
+    scored = score(out, finished) if score is not None else {}
     seconds = time.perf_counter() - started
-    write_report(out / "report.html", report_records, title="coordgan propagate — review",
+    write_report(out / "report.html", report_records, title=report_title,
                  summary={"queries": len(finished), "references": ", ".join(r.name for r in references),
                           "matcher": matcher, "mode": mode, "tau": tau,
-                          "mean confidence": f"{mean_conf:.3f}" if mean_conf is not None else "n/a"},
+                          "mean confidence": f"{mean_conf:.3f}" if mean_conf is not None else "n/a", **scored},
                  legend=[(labels.names[i], labels.colours[i]) for i in labels.ids], limit=report_limit)
     summary = {
         "count": len(finished), "new": new_count, "resumed": resumed, "skipped": skipped, "matcher": matcher,
@@ -498,25 +536,40 @@ def propagate(
     }
     for s in skipped:
         warn(f"skipped {s['name']}: {s['reason']}")
-    if json_out:
-        print_json(summary)
-    else:
-        info(f"labelled {len(finished)} image(s) ({new_count} new, {resumed} from an earlier run, {len(skipped)} "
-             f"skipped) in {seconds:.1f} s; mean confidence "
-             f"{mean_conf:.3f}" if mean_conf is not None else "no images labelled", state)
-        info(f"outputs in {out}: labels/, annotations.json, overlays/, confidence/, report.html", state)
+    return summary
+
+
+def _resolve_map_model(ckpt: Optional[Path], model: Optional[str], state: AppState) -> Path:
+    """The encoder checkpoint giving the maps: --ckpt, --model or the shipped default (named on stderr)."""
+    from coordgan_cli.inference import is_default_model, resolve_model
+
+    if ckpt is None and model is None:
+        try:
+            path = resolve_model(None, None)
+        except UserError as exc:
+            raise UserError("no correspondence maps: pass --store maps.h5 (e.g. from `coordgan invert` or "
+                            "`coordgan synth`), --ckpt with an encoder checkpoint or --model NAME; this build "
+                            "ships no CoordGAN model") from exc
+        if is_default_model(path):
+            info(f"maps from the shipped model {path.stem!r} ({path}); --ckpt or --model chooses another", state)
+        return path
+    return resolve_model(ckpt, model)
 
 
 def _check_matcher_options(matcher: str, matcher_ckpt: Optional[Path], store: Optional[Path], ckpt: Optional[Path],
-                           mode: str, ref_keypoints: Optional[Path]) -> None:
+                           mode: str, ref_keypoints: Optional[Path], model: Optional[str] = None) -> None:
     """Refuse option combinations that would silently do something other than asked."""
+    if model is not None and ckpt is not None:
+        raise UserError("--model and --ckpt both name the model giving the maps: pass one of them")
+    if model is not None and store is not None:
+        raise UserError("--model and --store: the maps come from the store, so the model would be unused; drop one")
     if matcher not in MATCHERS:
         raise UserError(f"--matcher must be one of {', '.join(MATCHERS)}, got {matcher!r}")
     if matcher == "coordinates" and matcher_ckpt is not None:
         raise UserError("--matcher-ckpt is used by --matcher correlation or ensemble, not coordinates")
     if matcher == "correlation":
-        if store is not None or ckpt is not None:
-            raise UserError("--matcher correlation uses no correspondence maps: drop --store/--ckpt, or use "
+        if store is not None or ckpt is not None or model is not None:
+            raise UserError("--matcher correlation uses no correspondence maps: drop --store/--ckpt/--model, or use "
                             "--matcher ensemble to combine the maps' vote with the correlation")
         if mode != "soft":
             raise UserError("--mode applies to the coordinate vote; --matcher correlation is always the soft "
