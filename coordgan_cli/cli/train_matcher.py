@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from coordgan_cli.cli._common import get_state, info, make_progress
+from coordgan_cli.cli._common import AppState, get_state, info, make_progress
 from coordgan_cli.cli.train import MaxStepsOption, SetOption, check_max_steps
 from coordgan_cli.config import load_recipe
 from coordgan_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from coordgan_cli.config import Recipe
+    from coordgan_cli.training.distributed import Distributed
+    from coordgan_cli.training.matcher import PairSource
 
 
 def train_matcher_command(
@@ -31,8 +38,12 @@ def train_matcher_command(
 
     Positives are pixels with equal canonical coordinates in two images — from a synthetic
     ground-truth store (--store) or from two samples of a trained CoordGAN (--gan).
+
+    Multi-process: torchrun --nproc_per_node=N -m coordgan_cli train-matcher RECIPE --out RUN --store S
+    (gloo on CPU, NCCL on GPUs; matcher.batch must divide by N).
     """
-    from coordgan_cli.training.matcher import GanPairSource, StorePairSource, train_matcher
+    from coordgan_cli.training import distributed
+    from coordgan_cli.training.matcher import GanPairSource, StorePairSource, check_matcher_batch_split
 
     state = get_state(ctx)
     resolved = load_recipe(recipe, set_)
@@ -41,15 +52,16 @@ def train_matcher_command(
     if gan is not None and images is not None:
         raise UserError("--images belongs to --store; --gan draws its own images")
     check_max_steps(max_steps)
-    device = state.torch_device()
-    if store is not None:
-        if not store.is_file():
-            raise UserError(f"--store {store}: file not found")
-        source = StorePairSource(store, images if images is not None else store.parent / "images")
-    else:
-        source = GanPairSource(gan, device)
+    if store is not None and not store.is_file():
+        raise UserError(f"--store {store}: file not found")
+
+    def pair_source(device: torch.device) -> PairSource:
+        if store is not None:
+            return StorePairSource(store, images if images is not None else store.parent / "images")
+        return GanPairSource(gan, device)
 
     if dry_run:
+        source = pair_source(state.torch_device())
         try:
             from coordgan_cli.training.run_dir import recipe_to_toml
 
@@ -59,8 +71,25 @@ def train_matcher_command(
         typer.echo(f"# pairs: {json.dumps(source.describe())}")
         return
 
+    dist = distributed.setup(state.torch_device())  # a torchrun job, or this process alone
+    try:
+        check_matcher_batch_split(resolved.matcher, dist.world_size)
+        _train(resolved, out, pair_source(dist.device), max_steps, state, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[int], state: AppState,
+           dist: Distributed) -> None:
+    """Train on this process; rank 0 alone logs and shows the progress bar."""
+    from coordgan_cli.training.matcher import train_matcher
+
     total = resolved.matcher.steps if max_steps is None else min(resolved.matcher.steps, max_steps)
-    info(f"matcher: {json.dumps(source.describe())} → {out}", state)
+    if not dist.is_main:
+        train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps, dist=dist)
+        return
+    processes = f"; {dist.world_size} processes on {dist.device}" if dist.active else ""
+    info(f"matcher: {json.dumps(source.describe())} → {out}{processes}", state)
     progress = make_progress(state)
     task = None
     t0 = time.perf_counter()
@@ -76,8 +105,8 @@ def train_matcher_command(
                         rate=f"{rate:.2f} it/s  loss {metrics['loss']:.3f}  acc {metrics['accuracy']:.2f}")
 
     with progress:
-        metrics = train_matcher(resolved, out, source, device=device, seed=state.seed, max_steps=max_steps,
-                                on_step=on_step)
+        metrics = train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps,
+                                on_step=on_step, dist=dist)
     if metrics:
         info(f"step {metrics['step']}/{total}: loss {metrics['loss']:.4f}, match accuracy {metrics['accuracy']:.3f}; "
              f"checkpoint {out / 'latest.pt'}", state)

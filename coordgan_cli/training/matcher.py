@@ -11,15 +11,21 @@ source, seed), ``metrics.jsonl`` (one JSON object per logged step), ``latest.pt`
 ``kind="matcher"``). Rerunning with the same ``--out`` resumes from ``latest.pt`` exactly: all
 randomness of step ``s`` comes from a generator seeded with (seed, s), so a resumed run draws
 what an uninterrupted one would have.
+
+Multi-process (``torchrun --nproc_per_node=N -m coordgan_cli train-matcher ...``): every process
+draws the same pairs and random numbers, computes the features and losses of its share of the
+pairs and the gradients are summed, so a step equals one process's on the same batch; rank 0
+alone writes the run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_write_json
 from coordgan_cli.io.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from coordgan_cli.models.matcher import FeatureMatcher
+from coordgan_cli.training import distributed
 from coordgan_cli.training.run_dir import RunDir
 
 # Fields of [matcher] that may change between a run and its resumption (the length of the run).
@@ -198,58 +205,81 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def matcher_loss(matcher: FeatureMatcher, pairs: list[ImagePair], cfg: MatcherConfig, generator: torch.Generator,
-                 device: torch.device) -> tuple[torch.Tensor, dict]:
+                 device: torch.device, share: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, dict]:
     """Symmetric marginal contrastive loss averaged over pairs, and statistics.
 
     For each pair, ``cfg.samples`` valid pixels of A are matched to the pixel of B with the
     nearest canonical coordinate (within ``cfg.max_dist`` map pixels); up to
-    ``cfg.background_negatives`` invalid pixels of each image are extra negatives.
+    ``cfg.background_negatives`` invalid pixels of each image are extra negatives. Pairs with
+    fewer than 2 positives are left out.
     Returns (loss, {"positives": mean positives per pair, "accuracy": share of sampled pixels of
     A whose most similar sampled pixel of B is its positive}).
+
+    ``share`` (torchrun): the indices of the pairs this process computes, e.g.
+    ``range(rank, len(pairs), world_size)``. The random draws (jitter, positives, background
+    negatives) are made for *all* pairs, in the same order as without a share, so they do not
+    depend on the world size; features and losses are computed for the share only. The loss and
+    ``accuracy`` are then the share's part of the batch means (sum over the share's pairs / the
+    batch's pairs with ≥ 2 positives): summed over the processes they give the one-process values.
+    ``positives`` is the batch mean on every process. Default: all pairs (the batch means).
     """
-    images = torch.stack([p.image_a for p in pairs] + [p.image_b for p in pairs])
-    images = _jitter(images, cfg.jitter, generator).to(device)
-    features = matcher(images)  # (2P, D, H, W)
     n_pairs = len(pairs)
-    losses, positives, correct = [], [], []
-    for p, pair in enumerate(pairs):
+    images = torch.stack([p.image_a for p in pairs] + [p.image_b for p in pairs])
+    images = _jitter(images, cfg.jitter, generator)
+    # Every draw of the step, pair by pair; None for a pair with fewer than 2 positives.
+    draws: list[Optional[tuple[torch.Tensor, ...]]] = []
+    for pair in pairs:
         h, w = pair.coords_a.shape[-2:]
         max_dist = cfg.max_dist * 2.0 / max(h, w)  # map pixels → canonical units ([-1, 1] spans the side)
         idx_a, idx_b = sample_positive_pairs(pair.coords_a, pair.valid_a, pair.coords_b, pair.valid_b,
                                              cfg.samples, generator, max_dist)
         if idx_a.numel() < 2:
+            draws.append(None)
             continue
-        fa = features[p].flatten(1)[:, idx_a.to(device)].t()
-        fb = features[n_pairs + p].flatten(1)[:, idx_b.to(device)].t()
-        neg_a = _background(features[p], pair.valid_a, cfg.background_negatives, generator, device)
-        neg_b = _background(features[n_pairs + p], pair.valid_b, cfg.background_negatives, generator, device)
+        draws.append((idx_a, idx_b, _background_pixels(pair.valid_a, cfg.background_negatives, generator),
+                      _background_pixels(pair.valid_b, cfg.background_negatives, generator)))
+    counted = [d[0].numel() for d in draws if d is not None]
+    if not counted:
+        raise UserError("no pair had 2 or more positives: are the stores' valid masks empty, or is "
+                        "matcher.max_dist too small?")
+
+    own = list(range(n_pairs) if share is None else share)
+    features = matcher(images[own + [n_pairs + p for p in own]].to(device))  # (2·|own|, D, H, W): A's, then B's
+    losses, correct = [], []
+    for i, p in enumerate(own):
+        if draws[p] is None:
+            continue
+        idx_a, idx_b, bg_a, bg_b = draws[p]
+        feat_a, feat_b = features[i].flatten(1), features[len(own) + i].flatten(1)
+        fa = feat_a[:, idx_a.to(device)].t()
+        fb = feat_b[:, idx_b.to(device)].t()
         za, zb = matcher.project(fa), matcher.project(fb)
-        na = matcher.project(neg_a) if neg_a is not None else None
-        nb = matcher.project(neg_b) if neg_b is not None else None
+        na = matcher.project(feat_a[:, bg_a.to(device)].t()) if bg_a is not None else None
+        nb = matcher.project(feat_b[:, bg_b.to(device)].t()) if bg_b is not None else None
         loss = 0.5 * (marginal_contrastive_loss(za, zb, margin=cfg.margin, tau=cfg.contrastive_tau, negatives=nb)
                       + marginal_contrastive_loss(zb, za, margin=cfg.margin, tau=cfg.contrastive_tau, negatives=na))
         losses.append(loss)
-        positives.append(idx_a.numel())
         with torch.no_grad():
             sim = F.normalize(fa, dim=1) @ F.normalize(fb, dim=1).t()
             correct.append(float((sim.argmax(dim=1) == torch.arange(len(fa), device=device)).float().mean()))
-    if not losses:
-        raise UserError("no pair had 2 or more positives: are the stores' valid masks empty, or is "
-                        "matcher.max_dist too small?")
-    stats = {"positives": float(np.mean(positives)), "accuracy": float(np.mean(correct))}
-    return torch.stack(losses).mean(), stats
+    stats = {"positives": float(np.mean(counted))}
+    if share is None:
+        stats["accuracy"] = float(np.mean(correct))
+        return torch.stack(losses).mean(), stats
+    stats["accuracy"] = float(sum(correct)) / len(counted)
+    if not losses:  # a share without a usable pair: a zero that still reaches the weights
+        return features.sum() * 0.0, stats
+    return torch.stack(losses).sum() / len(counted), stats
 
 
-def _background(features: torch.Tensor, valid: Optional[torch.Tensor], count: int, generator: torch.Generator,
-                device: torch.device) -> Optional[torch.Tensor]:
-    """(count, D) features of random invalid (background) pixels, or None."""
+def _background_pixels(valid: Optional[torch.Tensor], count: int, generator: torch.Generator) -> Optional[torch.Tensor]:
+    """Flat indices of up to ``count`` random invalid (background) pixels, or None."""
     if valid is None or count == 0:
         return None
     candidates = torch.nonzero(~valid.reshape(-1)).squeeze(1)
     if candidates.numel() == 0:
         return None
-    pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
-    return features.flatten(1)[:, pick.to(device)].t()
+    return candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -264,19 +294,41 @@ def _check_resumable(saved: Recipe, recipe: Recipe, path: Path) -> None:
                         "resume with the same recipe or choose a new --out")
 
 
+def check_matcher_batch_split(cfg: MatcherConfig, world_size: int) -> None:
+    """Each process computes ``matcher.batch / world_size`` of a step's pairs: it must divide."""
+    if cfg.batch % world_size:
+        suggestion = -(-cfg.batch // world_size) * world_size
+        raise UserError(f"matcher.batch = {cfg.batch} must split evenly over {world_size} process(es) "
+                        f"(each computes an equal share of a step's pairs); use a multiple of {world_size}, "
+                        f"e.g. --set matcher.batch={suggestion}")
+
+
 def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device: torch.device, seed: int,
                   max_steps: Optional[int] = None,
-                  on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict:
+                  on_step: Optional[Callable[[int, int, dict], None]] = None,
+                  dist: Optional[distributed.Distributed] = None) -> dict:
     """Train (or resume) a matcher in run directory ``out``; return the last logged metrics.
 
     ``max_steps`` stops at that total step (≤ ``recipe.matcher.steps``); a later run with the same
     ``out`` continues. ``on_step(step, total, metrics)`` is called after every step (progress).
+
+    ``dist`` (torchrun, from ``distributed.setup``; its device replaces ``device``): every process
+    draws the same pairs and random numbers, computes its share of the pairs (``rank::world_size``)
+    and the gradients are summed, so a step equals one process's step on the same batch. Only
+    rank 0 writes files and calls ``on_step``; every process resumes from the same ``latest.pt``.
+    The caller joins and leaves the job (``setup`` / ``teardown``).
     """
+    dist = dist if dist is not None else distributed.Distributed(0, 1, device)
+    device = dist.device
     cfg = recipe.matcher
+    check_matcher_batch_split(cfg, dist.world_size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     latest = out / "latest.pt"
     total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    share = range(dist.rank, cfg.batch, dist.world_size) if dist.active else None
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -292,16 +344,20 @@ def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device
         optimizer.load_state_dict(data["optimizers"]["matcher"])
         step = int(data["step"])
         seed = int(data["extra"]["seed"])
-    RunDir(out).truncate_metrics(step)  # lines past the checkpoint are redone
-    atomic_write_json(out / "config.json", {"kind": "matcher", "recipe": recipe.to_dict(), "seed": seed,
-                                            "source": source.describe(), "device": str(device)})
+    if dist.is_main:
+        RunDir(out).truncate_metrics(step)  # lines past the checkpoint are redone
+        atomic_write_json(out / "config.json", {"kind": "matcher", "recipe": recipe.to_dict(), "seed": seed,
+                                                "source": source.describe(), "device": str(device),
+                                                "world_size": dist.world_size})
 
     def save() -> None:
-        save_checkpoint(latest, {"kind": "matcher", "step": step, "config": recipe.to_json(),
-                                 "networks": {"matcher": matcher.state_dict()},
-                                 "optimizers": {"matcher": optimizer.state_dict()},
-                                 "extra": {"seed": seed, "source": source.describe(),
-                                           "matcher_args": dict(matcher.config)}})
+        if dist.is_main:
+            save_checkpoint(latest, {"kind": "matcher", "step": step, "config": recipe.to_json(),
+                                     "networks": {"matcher": matcher.state_dict()},
+                                     "optimizers": {"matcher": optimizer.state_dict()},
+                                     "extra": {"seed": seed, "source": source.describe(),
+                                               "matcher_args": dict(matcher.config)}})
+        dist.barrier()  # no process reads on (or leaves) before the checkpoint is complete
 
     log_every, ckpt_every = recipe.schedule.log_every, recipe.schedule.checkpoint_every
     metrics: dict = {}
@@ -310,20 +366,37 @@ def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device
     while step < total:
         generator = step_generator(seed, step)
         pairs = source.sample(generator, cfg.batch)
-        loss, stats = matcher_loss(matcher, pairs, cfg, generator, device)
-        if not torch.isfinite(loss):
-            raise UserError(f"matcher loss became {loss.item()} at step {step}: lower matcher.lr")
+        loss, stats = matcher_loss(matcher, pairs, cfg, generator, device, share)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if dist.active:
+            # The shares' losses (and accuracies) add up to the batch means; average_* divide by
+            # the world size, so scale by it first.
+            logs = dist.average_scalars({"loss": float(loss.detach()) * dist.world_size,
+                                         "accuracy": stats["accuracy"] * dist.world_size,
+                                         "positives": stats["positives"]})
+            if not math.isfinite(logs["loss"]):
+                raise UserError(f"matcher loss became {logs['loss']} at step {step}: lower matcher.lr")
+            (loss * dist.world_size).backward()
+            for param in matcher.parameters():  # a share may leave a weight without a gradient
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+            dist.average_gradients(matcher.parameters())
+            stats = {"positives": logs["positives"], "accuracy": logs["accuracy"]}
+            logged_loss = logs["loss"]
+        else:
+            if not torch.isfinite(loss):
+                raise UserError(f"matcher loss became {loss.item()} at step {step}: lower matcher.lr")
+            loss.backward()
+            logged_loss = float(loss.detach())
         optimizer.step()
         step += 1
-        metrics = {"step": step, "loss": float(loss.detach()), **stats, "seconds": time.perf_counter() - start}
-        if step % log_every == 0 or step == total:
+        metrics = {"step": step, "loss": logged_loss, **stats, "seconds": time.perf_counter() - start}
+        if dist.is_main and (step % log_every == 0 or step == total):
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
         if step % ckpt_every == 0 or step == total:
             save()
-        if on_step is not None:
+        if on_step is not None and dist.is_main:
             on_step(step, total, metrics)
     if not latest.exists():  # nothing to do (already at total) but leave a checkpoint behind
         save()
