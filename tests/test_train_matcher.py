@@ -197,3 +197,102 @@ def test_gan_pair_source_from_a_generator_checkpoint(tmp_path):
     assert torch.equal(pairs[1].image_b, again[1].image_b)
     # Different structure codes: the two correspondence maps differ.
     assert not torch.allclose(pairs[0].coords_a, pairs[0].coords_b)
+
+
+# --- torchrun -----------------------------------------------------------------------------------
+
+def test_shares_of_a_batch_add_up_to_its_loss_and_gradients(store):
+    """What each torchrun process computes: its pairs' part of the batch mean, from the same draws."""
+    from coordgan_cli.training.matcher import build_matcher
+
+    cfg = dataclasses.replace(load_recipe_text(RECIPE).matcher, batch=3)
+    torch.manual_seed(0)
+    matcher = build_matcher(cfg)
+    pairs = StorePairSource(store, store.parent / "images").sample(step_generator(0, 0), 3)
+
+    def loss_and_grads(share):
+        matcher.zero_grad(set_to_none=True)
+        loss, stats = matcher_loss(matcher, pairs, cfg, step_generator(0, 1), torch.device("cpu"), share)
+        loss.backward()
+        return loss.detach(), stats, [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                      for p in matcher.parameters()]
+
+    whole, whole_stats, whole_grads = loss_and_grads(None)
+    parts = [loss_and_grads(share) for share in (range(0, 3, 2), range(1, 3, 2))]
+    torch.testing.assert_close(parts[0][0] + parts[1][0], whole)
+    assert parts[0][1]["accuracy"] + parts[1][1]["accuracy"] == pytest.approx(whole_stats["accuracy"])
+    assert parts[0][1]["positives"] == parts[1][1]["positives"] == whole_stats["positives"]
+    for g0, g1, g in zip(parts[0][2], parts[1][2], whole_grads):
+        torch.testing.assert_close(g0 + g1, g, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_must_split_over_the_processes():
+    from coordgan_cli.errors import UserError
+    from coordgan_cli.training.matcher import check_matcher_batch_split
+
+    cfg = dataclasses.replace(load_recipe_text(RECIPE).matcher, batch=3)
+    check_matcher_batch_split(cfg, 1)
+    check_matcher_batch_split(cfg, 3)
+    with pytest.raises(UserError, match=r"matcher.batch = 3 must split evenly over 2 process\(es\).*matcher.batch=4"):
+        check_matcher_batch_split(cfg, 2)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, args: list[str]) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = _run(*args)
+    assert result.exit_code == 0, f"rank {rank}: {result.output} {result.exception!r}"
+
+
+def _biases_cancelled_by_group_norm(matcher) -> list[str]:
+    """Conv biases followed by a GroupNorm with one channel per group. The norm subtracts them, so
+    their gradient is zero in exact arithmetic and Adam turns its rounding noise into ±lr steps:
+    they differ between any two summation orders and have no effect on the features."""
+    from coordgan_cli.models.matcher import ConvBlock
+
+    return [f"{name}.0.bias" for name, block in matcher.named_modules()
+            if isinstance(block, ConvBlock) and block[1].num_groups == block[1].num_channels]
+
+
+def test_two_process_gloo_equals_one_process_same_global_batch(tmp_path, store, recipe_path):
+    import torch.multiprocessing as mp
+
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    args = ["train-matcher", str(recipe_path), "--store", str(store), "--max-steps", "2", "--out"]
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), [*args, str(ddp)]), nprocs=2, join=True,
+                       start_method="spawn")
+    result = _run(*args, single)
+    assert result.exit_code == 0, result.output
+    a, b = load_checkpoint(ddp / "latest.pt"), load_checkpoint(single / "latest.pt")
+    assert a["step"] == b["step"] == 2
+    noise_only = _biases_cancelled_by_group_norm(load_matcher(single / "latest.pt")[0])
+    assert noise_only and set(noise_only) < set(b["networks"]["matcher"])
+    for key, value in b["networks"]["matcher"].items():
+        if key not in noise_only:
+            torch.testing.assert_close(a["networks"]["matcher"][key], value, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+    # Adam's first moments are sensitive to the gradients' scale, which Adam's steps are not.
+    for index, moments in b["optimizers"]["matcher"]["state"].items():
+        torch.testing.assert_close(a["optimizers"]["matcher"]["state"][index]["exp_avg"], moments["exp_avg"],
+                                   rtol=1e-4, atol=1e-5)
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        features = [load_matcher(run / "latest.pt")[0](images) for run in (ddp, single)]
+    torch.testing.assert_close(*features, rtol=1e-4, atol=1e-5)
+    # Rank 0 alone logged, the batch means of both processes.
+    logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (ddp, single)]
+    assert [m["step"] for m in logged[0]] == [1, 2]
+    for m, n in zip(*logged):
+        assert m["loss"] == pytest.approx(n["loss"], rel=1e-5) and m["accuracy"] == pytest.approx(n["accuracy"])
+    assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
