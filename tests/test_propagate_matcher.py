@@ -136,10 +136,12 @@ def test_ensemble_is_argmax_of_averaged_probabilities(dataset: Path, matcher_ckp
         ref_points = [reference_points(store.correspondence(store.index(f"{n}.png")), m) for n, (_, m) in
                       zip("ac", refs)]
         changed = 0
+        tau = summary["tau"]  # the default: the paper's 0.01 scaled to the references' side
+        assert tau == 0.01 * 128 / SIZE
         for name in ["a.png", "b.png", "c.png"]:
             row = store.index(name)
             # By hand: the coordinate vote's class shares (NumPy vote) and the correlation's warped one-hot.
-            coord = vote(map_to_points(store.correspondence(row)), ref_points, c, tau=0.01, tol=ENSEMBLE_TOL,
+            coord = vote(map_to_points(store.correspondence(row)), ref_points, c, tau=tau, tol=ENSEMBLE_TOL,
                          return_probabilities=True).probabilities.T.reshape(c, SIZE, SIZE)
             corr = correlation_probabilities(read_image(dataset / "images" / name), prepared_corr, network,
                                              tau=cfg.tau, k=cfg.k, patch=cfg.patch).numpy()
