@@ -218,7 +218,8 @@ def test_nothing_shipped_is_one_clear_error_everywhere(nothing_shipped: Path, fa
     assert "ships no CoordGAN model" in _error("swap", "--structure", "seed:1", "--texture", "seed:2",
                                                "--out", tmp_path / "s.png")
     assert "give --ckpt" in _error("evaluate", "--dataset", "synthetic", "--root", faces)
-    assert "ships none" in _error("demo", tmp_path / "demo")
+    assert "ships no matcher" in _error("demo", tmp_path / "demo")  # no CoordGAN model, no matcher to fall back to
+    assert "ships none" in _error("demo", tmp_path / "demo", "--matcher", "coordinates")
     assert not (tmp_path / "demo").exists()  # refused before writing anything
 
 
@@ -274,3 +275,25 @@ def test_demo_end_to_end(shipped: Path, tmp_path: Path) -> None:
     assert "identity baseline" in res.stderr and "report.html" in res.stderr
     again = json.loads((out / "demo.json").read_text())
     assert (again["miou"], again["miou_identity"]) == (result["miou"], result["miou_identity"])
+
+
+def test_demo_without_a_coordgan_model_uses_the_shipped_matcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    only_matcher = tmp_path / "shipped"
+    only_matcher.mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copy(inference.SHIPPED_DIR / f"{inference.DEFAULT_MATCHER}{suffix}", only_matcher)
+    monkeypatch.setenv(inference.SHIPPED_DIR_ENV, str(only_matcher))
+    out = tmp_path / "demo"
+    res = _ok("demo", out, "--count", "2", "--size", "32", "--json")
+    result = json.loads(res.stdout)
+    assert "shipped correlation matcher" in res.stderr
+    assert (result["model"], result["matcher"]) == (inference.DEFAULT_MATCHER, "correlation")
+    labels = read_labels(out / "faces/labels.json")
+    ours = IoUAccumulator(labels.num_classes)
+    for i in (1, 2):
+        ours.update(read_mask(out / f"labels/images/{i:06d}.png"), read_mask(out / f"faces/masks/{i:06d}.png"))
+    assert result["miou"] == pytest.approx(summarize({"m": ours}, labels.num_classes).miou)
+    assert "--model names a CoordGAN model" in _error("demo", tmp_path / "d2", "--matcher", "correlation",
+                                                      "--model", "faces")

@@ -2,8 +2,9 @@
 
 Steps, each the library function behind a command: ``coordgan synth`` writes COUNT + 1 synthetic
 faces with their true part masks into OUT/faces; image 000000 and its true mask are the one
-annotated reference; ``coordgan propagate`` labels the other COUNT images with the shipped model
-into OUT (labels/, overlays/, confidence/, report.html); the labels are scored against the true
+annotated reference; ``coordgan propagate`` labels the other COUNT images with the shipped
+CoordGAN model (or, with ``--matcher correlation`` or when no CoordGAN model ships, with the shipped
+correlation matcher) into OUT (labels/, overlays/, confidence/, report.html); the labels are scored against the true
 masks (mean IoU over the parts, background excluded, the paper's rules: ``metrics.iou``) beside
 the identity baseline (the reference mask copied unchanged onto every image). The figures go into
 the report's summary line and OUT/demo.json. Rerunning the same command reuses finished work.
@@ -48,6 +49,9 @@ def demo_command(
     seed: int = typer.Option(20261125, "--seed", help="Seed of the synthetic set."),
     model_name: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see "
                                              "`coordgan models`); default: the shipped default model."),
+    matcher: str = typer.Option("auto", "--matcher", help="coordinates (a shipped CoordGAN model) | correlation "
+                                "(the shipped feature matcher) | auto (coordinates when a CoordGAN model ships, "
+                                "else correlation)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures (OUT/demo.json) on stdout."),
 ) -> None:
     """Label COUNT synthetic faces from one annotated reference with the shipped model and score the
@@ -55,7 +59,7 @@ def demo_command(
     and OUT/demo.json."""
     from coordgan_cli.cli.propagate import run_propagate
     from coordgan_cli.data.synth_set import SynthSpec, image_name, write_synth_set
-    from coordgan_cli.inference import NO_MODEL, resolve_model
+    from coordgan_cli.inference import NO_MODEL, resolve_matcher, resolve_model
     from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
     from coordgan_cli.io.checkpoint import file_sha256
     from coordgan_cli.io.masks import read_labels, read_mask
@@ -64,15 +68,26 @@ def demo_command(
     started = time.perf_counter()
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
-    try:
-        checkpoint = resolve_model(None, model_name)
-    except UserError as exc:
-        if exc.message != NO_MODEL:
-            raise
-        raise UserError("coordgan demo needs a shipped CoordGAN model and this build ships none (`coordgan models` "
-                        "lists what it has); with your own encoder checkpoint: coordgan synth DATA --category faces "
-                        "--count 51, then coordgan propagate --ckpt CKPT --ref DATA/images/000000.png --mask "
-                        "DATA/masks/000000.png --queries DATA/images --out OUT") from exc
+    if matcher not in ("auto", "coordinates", "correlation"):
+        raise UserError(f"--matcher {matcher!r}: choose auto, coordinates or correlation")
+    if matcher == "correlation" and model_name is not None:
+        raise UserError("--model names a CoordGAN model; --matcher correlation uses the shipped feature matcher")
+    checkpoint = None
+    if matcher != "correlation":
+        try:
+            checkpoint = resolve_model(None, model_name)
+        except UserError as exc:
+            if exc.message != NO_MODEL:
+                raise
+            if matcher == "coordinates":
+                raise UserError("coordgan demo --matcher coordinates needs a shipped CoordGAN model and this build "
+                                "ships none (`coordgan models` lists what it has); with your own encoder "
+                                "checkpoint: coordgan synth DATA --category faces --count 51, then coordgan "
+                                "propagate --ckpt CKPT --ref DATA/images/000000.png --mask DATA/masks/000000.png "
+                                "--queries DATA/images --out OUT") from exc
+            info("no CoordGAN model ships in this build: the demo uses the shipped correlation matcher", state)
+    used = checkpoint if checkpoint is not None else resolve_matcher(None)
+    method = "coordinates" if checkpoint is not None else "correlation"
 
     # ---- the synthetic set: COUNT queries + the reference ----------------------------------------
     data = out / CATEGORY
@@ -102,16 +117,17 @@ def demo_command(
                 "identity baseline (reference mask copied)": f"{100 * identity.miou:.1f} %"}
 
     info(f"demo: labelling {count} synthetic faces from one reference ({reference}) with the shipped model "
-         f"{checkpoint.stem!r} ({checkpoint})", state)
+         f"{used.stem!r} ({used})", state)
     propagated = run_propagate(
         state, ref=[data / "images" / reference], mask=[data / "masks" / reference], queries=str(query_list),
-        out=out, ckpt=checkpoint, report_title=f"coordgan demo — {count} synthetic faces labelled by "
-        f"{checkpoint.stem!r} from one reference", score=score)
+        out=out, ckpt=checkpoint, matcher=method, matcher_ckpt=None if checkpoint is not None else used,
+        report_title=f"coordgan demo — {count} synthetic faces labelled by {used.stem!r} from one reference",
+        score=score)
     if not figures:
         raise UserError(f"{out}: no query was labelled (see the warnings above)")
     seconds = time.perf_counter() - started
     result = {
-        "model": checkpoint.stem, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+        "model": used.stem, "matcher": method, "checkpoint": str(used), "checkpoint_sha256": file_sha256(used),
         "set": {"folder": str(data), "category": CATEGORY, "count": count + 1, "size": size, "seed": seed,
                 "difficulty": DIFFICULTY},
         "reference": f"images/{reference}", "protocol": "mean IoU over parts (background excluded), intersections "
