@@ -391,9 +391,10 @@ def run_propagate(
         check_mask_ids(r.mask, labels, f"mask of {r.image}")
     num_classes = max(labels.num_classes, max(int(r.mask[r.mask != IGNORE].max()) for r in references) + 1)
     if tau is None:
-        tau = resolution_tau(max(max(r.size) for r in references))
-        info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {max(max(r.size) for r in references)} px)",
-             state)
+        side = max(max(r.size) for r in references)
+        tau = resolution_tau(side)
+        if uses_maps and mode == "soft":
+            info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {side} px)", state)
 
     # ---- keypoints of the references --------------------------------------------------------
     kp_category = None
