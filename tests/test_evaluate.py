@@ -383,6 +383,13 @@ def test_vote_option_and_its_older_name(tmp_path):
     assert r.exit_code == 2 and "--matcher-ckpt" in r.stderr and "not found" in r.stderr
     r = runner.invoke(app, base + ["--fid-real", str(tmp_path)])
     assert r.exit_code == 2 and "--fid-real needs --ckpt" in r.stderr
+    # --no-correlation skips the (shipped or given) matcher: its columns say why.
+    skipped = _json(runner.invoke(app, base + ["--no-correlation"]))
+    for name in ("correlation", "ensemble"):
+        assert skipped["matchers"][name]["available"] is False
+        assert skipped["matchers"][name]["reason"] == "skipped (--no-correlation)"
+    r = runner.invoke(app, base + ["--no-correlation", "--matcher-ckpt", str(tmp_path / "none.pt")])
+    assert r.exit_code == 2 and "use one or the other" in r.stderr
 
 
 class TinyExtractor:

@@ -426,6 +426,8 @@ def evaluate(
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (`coordgan "
                                                 "train-matcher`'s latest.pt): adds the correlation and ensemble "
                                                 "matchers to the table (default: the shipped matcher, if any)."),
+    no_correlation: bool = typer.Option(False, "--no-correlation", help="Skip the correlation and ensemble "
+                                        "matchers (the slow part on a CPU)."),
     tau: float = typer.Option(PAPER_TAU, "--tau", help="Soft-vote temperature (paper: 0.01)."),
     fid_real: Optional[Path] = typer.Option(None, "--fid-real", help="Folder of real images: FID of generated samples "
                                             "against it (needs --ckpt; offline Inception, statistics cached)."),
@@ -457,6 +459,8 @@ def evaluate(
         raise UserError(f"--ckpt {ckpt}: file not found")
     if store is not None and not store.is_file():
         raise UserError(f"--store {store}: file not found")
+    if no_correlation and matcher_ckpt is not None:
+        raise UserError("--no-correlation skips the matcher that --matcher-ckpt gives: use one or the other")
     if matcher_ckpt is not None and not matcher_ckpt.is_file():
         raise UserError(f"--matcher-ckpt {matcher_ckpt}: file not found")
     if fid_real is not None:
@@ -515,10 +519,12 @@ def evaluate(
     try:
         from coordgan_cli.inference import resolve_matcher
 
+        if no_correlation:
+            raise UserError("skipped (--no-correlation)")
         matcher_path = resolve_matcher(matcher_ckpt)
     except UserError as exc:
         matcher_path = None
-        reason = f"no feature matcher: {exc.message}"
+        reason = exc.message if no_correlation else f"no feature matcher: {exc.message}"
         unavailable["correlation"] = reason
         unavailable["ensemble"] = reason
         correlation_info = {"available": False, "reason": reason}
