@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 work=${1:-data/shipped-faces}
 encoder_steps=${ENCODER_STEPS:-1500}
 coordgan synth "$work/train" --category faces --count 2000 --size 64 --seed 1 --difficulty medium
-coordgan --seed 1 train recipes/synthetic-64.toml --data "$work/train/images" --out "$work/gan"
+coordgan train recipes/synthetic-64.toml --data "$work/train/images" --out "$work/gan"
 coordgan --seed 1 train-encoder "$work/gan/latest.pt" recipes/synthetic-64-encoder.toml \
     --data "$work/train/images" --out "$work/encoder" --set "encoder.steps=$encoder_steps"
 # Held-out set (a seed the model never saw) for the recorded evaluation.
