@@ -439,6 +439,12 @@ def test_checkpoint_gives_maps_baselines_and_model_metrics(tmp_path, monkeypatch
     other = json.loads((tmp_path / "o" / "results.json").read_text())
     assert other["fid"]["value"] != rep["fid"]["value"] and other["reconstruction"] == rec
     assert "FID" in (tmp_path / "o" / "results.md").read_text()
+    # fullres: cosine nearest neighbour over the references pooled, at native resolution.
+    full = _json(runner.invoke(app, ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(root),
+                                     "--ckpt", str(enc), "--refs", "000000", "--queries", "1", "--json",
+                                     "--protocol", "fullres", "--swap-pairs", "0", "--recon-images", "0",
+                                     "--no-correlation"]))
+    assert set(full["baselines"]) == {"identity", "cosine_nn"} and 0.0 <= full["baselines"]["cosine_nn"]["miou"] <= 1.0
 
 
 def test_generator_checkpoint_needs_a_store_and_gives_generation_metrics(tmp_path):

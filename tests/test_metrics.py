@@ -377,3 +377,41 @@ def test_reconstruction_errors_by_hand():
     # 0.2 in [-1, 1] is 0.1 in [0, 1]: MSE 0.01, PSNR 20 dB; channel-0 distance 0.2.
     assert off["mse"] == pytest.approx(0.01, rel=1e-5) and off["psnr"] == pytest.approx(20.0, rel=1e-4)
     assert off["perceptual"]["mean"] == pytest.approx(0.2, rel=1e-5)
+
+
+def test_cosine_nn_pooled_matches_a_per_pixel_loop():
+    import torch.nn.functional as F
+
+    from coordgan_cli.metrics.iou import IGNORE
+    from coordgan_cli.metrics.protocol import cosine_nn_labels, cosine_nn_pooled
+
+    rng = np.random.default_rng(0)
+    refs = [(rng.normal(size=(5, 4, 4)).astype(np.float32), rng.integers(0, 4, (8, 8))),
+            (rng.normal(size=(5, 3, 5)).astype(np.float32), rng.integers(0, 4, (6, 10)))]
+    refs[0][1][0, :3] = IGNORE  # ignored pixels are never copied
+    query = rng.normal(size=(5, 4, 4)).astype(np.float32)
+    size = (7, 9)
+    got = cosine_nn_pooled(refs, query, size, chunk=5)
+
+    def unit(f, hw):  # (C, h, w) → (H, W, C) unit vectors, bilinear as documented
+        t = F.interpolate(torch.from_numpy(f)[None], size=hw, mode="bilinear", align_corners=False)[0]
+        return F.normalize(t, dim=0).permute(1, 2, 0).numpy()
+
+    pool = [(unit(f, lab.shape), lab) for f, lab in refs]
+    q = unit(query, size)
+    for y in range(size[0]):
+        for x in range(size[1]):
+            best, label = -np.inf, None
+            for feats, lab in pool:
+                for i in range(lab.shape[0]):
+                    for j in range(lab.shape[1]):
+                        if lab[i, j] == IGNORE:
+                            continue
+                        sim = float(q[y, x] @ feats[i, j])
+                        if sim > best:
+                            best, label = sim, lab[i, j]
+            assert got[y, x] == label, (y, x)
+    # One reference at the query's size: the same as the paper protocol's cosine_nn_labels.
+    lab = rng.integers(0, 4, size)
+    np.testing.assert_array_equal(cosine_nn_pooled([(refs[0][0], lab)], query, size),
+                                  cosine_nn_labels(refs[0][0], query, lab.reshape(-1), size))

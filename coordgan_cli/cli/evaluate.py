@@ -497,17 +497,19 @@ def evaluate(
         source = ModelMaps(model)
         maps_label = f"model {ckpt.name}"
     if model is not None and model.encoder is not None:
+        features = source if isinstance(source, ModelMaps) else ModelMaps(model)
         if protocol == "paper":
             from coordgan_cli.metrics.protocol import cosine_nn_labels
 
-            features = source if isinstance(source, ModelMaps) else ModelMaps(model)
-
             def cosine(r, q, labels, hw, _src=features):
                 return cosine_nn_labels(_src.features(r), _src.features(q), labels.argmax(axis=1), hw)
-
-            extra_baselines["cosine_nn"] = cosine
         else:
-            unavailable["cosine_nn"] = "computed with --protocol paper only"
+            from coordgan_cli.metrics.protocol import cosine_nn_pooled
+
+            def cosine(refs, masks, q, hw, _src=features):
+                return cosine_nn_pooled([(_src.features(r), m) for r, m in zip(refs, masks)], _src.features(q), hw)
+
+        extra_baselines["cosine_nn"] = cosine
     elif model is not None:
         unavailable["cosine_nn"] = f"{ckpt.name} is a generator checkpoint: no encoder features"
     else:
@@ -553,7 +555,8 @@ def evaluate(
                 result = run_paper(bench, source, tau=tau, mode=mode, extra_baselines=extra_baselines,
                                    correlation=correlation, progress=step)
             else:
-                result = run_fullres(bench, source, tau=tau, mode=mode, correlation=correlation, progress=step)
+                result = run_fullres(bench, source, tau=tau, mode=mode, correlation=correlation,
+                                     extra_baselines=extra_baselines, progress=step)
         extra: dict = {"feature_matcher": correlation_info}
         if dataset == "synthetic":
             extra.update(_synthetic_extra(bench, source))

@@ -282,8 +282,12 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
 
 def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
                 correlation: Optional[FeatureCorrelation] = None,
+                extra_baselines: Optional[dict[str, Callable]] = None,
                 progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
     """Native resolution, all references fused into one vote; scored as one fused reference.
+
+    ``extra_baselines``: name → fn(references, reference masks, query, (H, W)) → (H, W) labels,
+    scored like the identity baseline.
 
     With ``correlation``: the matcher's correlation over the pooled positions of every reference
     (images resized to their masks' size) as ``matchers["correlation"]``, and the average of its
@@ -307,6 +311,7 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
     fused_name = "fused: " + ", ".join(r.name for r in bench.references)
     acc = IoUAccumulator(c)
     identity = IoUAccumulator(c)
+    extra = {k: IoUAccumulator(c) for k in (extra_baselines or {})}
     others = {k: IoUAccumulator(c) for k in (("correlation", "ensemble") if correlation is not None else ())}
     for q in bench.queries:
         truth = bench.read_mask(q)
@@ -329,10 +334,13 @@ def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, 
             np.add.at(counts, (ids,) + tuple(np.indices(truth.shape)), 1)
         pred = counts.argmax(axis=0)
         identity.update(np.where(pred == c, IGNORE, pred).astype(np.uint8), truth)
+        for key, fn in (extra_baselines or {}).items():
+            extra[key].update(fn(bench.references, [ref[1] for ref in refs], q, truth.shape), truth)
         if progress is not None:
             progress(1)
-    return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude),
-                          {"identity": summarize({fused_name: identity}, c, bench.exclude)}, None,
+    baselines = {"identity": summarize({fused_name: identity}, c, bench.exclude)}
+    baselines.update({k: summarize({fused_name: a}, c, bench.exclude) for k, a in extra.items()})
+    return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude), baselines, None,
                           {k: summarize({fused_name: a}, c, bench.exclude) for k, a in others.items()})
 
 
@@ -403,6 +411,45 @@ def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: Map
     return out
 
 
+def _unit_rows(features: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) features resized bilinearly to ``size`` → (H·W, C) unit rows."""
+    t = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
+    t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return F.normalize(t.reshape(t.shape[0], -1).T, dim=1)
+
+
+def _most_similar(query: torch.Tensor, pool: torch.Tensor, chunk: int) -> np.ndarray:
+    """Index into ``pool`` (M, C) of the most similar row for each row of ``query`` (N, C)."""
+    best = torch.empty(query.shape[0], dtype=torch.long)
+    for start in range(0, query.shape[0], chunk):
+        best[start:start + chunk] = (query[start:start + chunk] @ pool.T).argmax(dim=1)
+    return best.numpy()
+
+
+def cosine_nn_pooled(references: Sequence[tuple[np.ndarray, np.ndarray]], query_features: np.ndarray,
+                     size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """Baseline: each query pixel copies the label of the most similar (cosine) labelled pixel over
+    all references pooled.
+
+    Args:
+        references: (features (C, h, w), labels (H_r, W_r) int) per reference; its features are
+            resized bilinearly to its labels' size; pixels labelled ``IGNORE`` are no candidates.
+        query_features: (C, h, w), resized bilinearly to ``size``.
+
+    Returns:
+        (H, W) uint8 labels at ``size``.
+    """
+    feats, labels = [], []
+    for features, lab in references:
+        lab = np.asarray(lab)
+        keep = (lab != IGNORE).reshape(-1)
+        feats.append(_unit_rows(features, lab.shape)[torch.from_numpy(keep)])
+        labels.append(lab.reshape(-1)[keep])
+    pool = np.concatenate(labels)
+    best = _most_similar(_unit_rows(query_features, size), torch.cat(feats), chunk)
+    return pool[best].reshape(size).astype(np.uint8)
+
+
 def cosine_nn_labels(reference_features: np.ndarray, query_features: np.ndarray, reference_labels: np.ndarray,
                      size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
     """Baseline: each query pixel copies the label of the reference pixel with the most similar
@@ -415,13 +462,5 @@ def cosine_nn_labels(reference_features: np.ndarray, query_features: np.ndarray,
     Returns:
         (H, W) uint8 labels.
     """
-    def prep(f: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))[None]
-        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0]
-        return F.normalize(t.reshape(t.shape[0], -1).T, dim=1)
-
-    fr, fq = prep(reference_features), prep(query_features)
-    best = torch.empty(fq.shape[0], dtype=torch.long)
-    for start in range(0, fq.shape[0], chunk):
-        best[start:start + chunk] = (fq[start:start + chunk] @ fr.T).argmax(dim=1)
-    return np.asarray(reference_labels)[best.numpy()].reshape(size).astype(np.uint8)
+    best = _most_similar(_unit_rows(query_features, size), _unit_rows(reference_features, size), chunk)
+    return np.asarray(reference_labels)[best].reshape(size).astype(np.uint8)
