@@ -383,7 +383,7 @@ def test_cosine_nn_pooled_matches_a_per_pixel_loop():
     import torch.nn.functional as F
 
     from coordgan_cli.metrics.iou import IGNORE
-    from coordgan_cli.metrics.protocol import cosine_nn_labels, cosine_nn_pooled
+    from coordgan_cli.metrics.protocol import cosine_nn_labels, cosine_nn_pooled, cosine_pool
 
     rng = np.random.default_rng(0)
     refs = [(rng.normal(size=(5, 4, 4)).astype(np.float32), rng.integers(0, 4, (8, 8))),
@@ -392,6 +392,7 @@ def test_cosine_nn_pooled_matches_a_per_pixel_loop():
     query = rng.normal(size=(5, 4, 4)).astype(np.float32)
     size = (7, 9)
     got = cosine_nn_pooled(refs, query, size, chunk=5)
+    np.testing.assert_array_equal(cosine_nn_pooled(cosine_pool(refs), query, size), got)  # prepared once
 
     def unit(f, hw):  # (C, h, w) → (H, W, C) unit vectors, bilinear as documented
         t = F.interpolate(torch.from_numpy(f)[None], size=hw, mode="bilinear", align_corners=False)[0]

@@ -504,10 +504,14 @@ def evaluate(
             def cosine(r, q, labels, hw, _src=features):
                 return cosine_nn_labels(_src.features(r), _src.features(q), labels.argmax(axis=1), hw)
         else:
-            from coordgan_cli.metrics.protocol import cosine_nn_pooled
+            from coordgan_cli.metrics.protocol import cosine_nn_pooled, cosine_pool
+
+            pooled: list = []  # the references' candidates, built at the first query
 
             def cosine(refs, masks, q, hw, _src=features):
-                return cosine_nn_pooled([(_src.features(r), m) for r, m in zip(refs, masks)], _src.features(q), hw)
+                if not pooled:
+                    pooled.append(cosine_pool([(_src.features(r), m) for r, m in zip(refs, masks)]))
+                return cosine_nn_pooled(pooled[0], _src.features(q), hw)
 
         extra_baselines["cosine_nn"] = cosine
     elif model is not None:

@@ -426,18 +426,13 @@ def _most_similar(query: torch.Tensor, pool: torch.Tensor, chunk: int) -> np.nda
     return best.numpy()
 
 
-def cosine_nn_pooled(references: Sequence[tuple[np.ndarray, np.ndarray]], query_features: np.ndarray,
-                     size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
-    """Baseline: each query pixel copies the label of the most similar (cosine) labelled pixel over
-    all references pooled.
+def cosine_pool(references: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, np.ndarray]:
+    """The candidates of :func:`cosine_nn_pooled`, built once for many queries: (M, C) unit
+    feature rows and (M,) labels of every labelled pixel of every reference.
 
     Args:
         references: (features (C, h, w), labels (H_r, W_r) int) per reference; its features are
             resized bilinearly to its labels' size; pixels labelled ``IGNORE`` are no candidates.
-        query_features: (C, h, w), resized bilinearly to ``size``.
-
-    Returns:
-        (H, W) uint8 labels at ``size``.
     """
     feats, labels = [], []
     for features, lab in references:
@@ -445,9 +440,24 @@ def cosine_nn_pooled(references: Sequence[tuple[np.ndarray, np.ndarray]], query_
         keep = (lab != IGNORE).reshape(-1)
         feats.append(_unit_rows(features, lab.shape)[torch.from_numpy(keep)])
         labels.append(lab.reshape(-1)[keep])
-    pool = np.concatenate(labels)
-    best = _most_similar(_unit_rows(query_features, size), torch.cat(feats), chunk)
-    return pool[best].reshape(size).astype(np.uint8)
+    return torch.cat(feats), np.concatenate(labels)
+
+
+def cosine_nn_pooled(references: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[torch.Tensor, np.ndarray],
+                     query_features: np.ndarray, size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """Baseline: each query pixel copies the label of the most similar (cosine) labelled pixel over
+    all references pooled.
+
+    Args:
+        references: as for :func:`cosine_pool`, or its result (to prepare the references once).
+        query_features: (C, h, w), resized bilinearly to ``size``.
+
+    Returns:
+        (H, W) uint8 labels at ``size``.
+    """
+    pool, labels = references if isinstance(references, tuple) else cosine_pool(references)
+    best = _most_similar(_unit_rows(query_features, size), pool, chunk)
+    return labels[best].reshape(size).astype(np.uint8)
 
 
 def cosine_nn_labels(reference_features: np.ndarray, query_features: np.ndarray, reference_labels: np.ndarray,
