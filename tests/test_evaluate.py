@@ -311,20 +311,9 @@ def test_celeba_paper_split_and_missing_files_one_message(tmp_path):
 
 
 def save_matcher(path: Path, seed: int = 0) -> Path:
-    """A random-weight tiny FeatureMatcher saved the way ``train_matcher`` saves ``latest.pt``."""
-    import torch
+    from tiny_checkpoints import make_matcher_checkpoint
 
-    from coordgan_cli.config import MatcherConfig, Recipe
-    from coordgan_cli.io.checkpoint import save_checkpoint
-    from coordgan_cli.training.matcher import build_matcher
-
-    cfg = MatcherConfig(channels=8, width=4, depth=1, k=32)
-    torch.manual_seed(seed)
-    matcher = build_matcher(cfg)
-    save_checkpoint(path, {"kind": "matcher", "step": 0, "config": Recipe(matcher=cfg).to_json(),
-                           "networks": {"matcher": matcher.state_dict()}, "optimizers": {},
-                           "extra": {"seed": seed, "matcher_args": dict(matcher.config)}})
-    return path
+    return make_matcher_checkpoint(path, seed)
 
 
 def test_every_matcher_in_one_table(tmp_path, monkeypatch):

@@ -23,9 +23,10 @@ from coordgan_cli.io.checkpoint import save_checkpoint
 from coordgan_cli.io.images import read_image, write_image
 from coordgan_cli.io.masks import labels_from_names, read_mask, write_labels, write_mask
 from coordgan_cli.io.store import StoreReader, StoreWriter
-from coordgan_cli.training.matcher import build_matcher, load_matcher
+from coordgan_cli.training.matcher import load_matcher
 
 from test_vote import parts_mask, smooth_warp
+from tiny_checkpoints import make_matcher_checkpoint
 
 LABELS = labels_from_names(["background", "face", "hair", "left_eye", "right_eye"])
 SIZE = 24
@@ -58,12 +59,7 @@ def dataset(tmp_path: Path) -> Path:
 
 def save_matcher(path: Path, seed: int = 0) -> Path:
     """A random-weight matcher saved the way ``train_matcher`` saves ``latest.pt``."""
-    torch.manual_seed(seed)
-    matcher = build_matcher(CONFIG)
-    save_checkpoint(path, {"kind": "matcher", "step": 0, "config": Recipe(matcher=CONFIG).to_json(),
-                           "networks": {"matcher": matcher.state_dict()}, "optimizers": {},
-                           "extra": {"seed": seed, "matcher_args": dict(matcher.config)}})
-    return path
+    return make_matcher_checkpoint(path, seed, CONFIG)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coordgan_cli.config import Recipe, load_recipe
+from coordgan_cli.config import MatcherConfig, Recipe, load_recipe
 from coordgan_cli.inference import encoder_checkpoint_payload
 from coordgan_cli.io.checkpoint import file_sha256, save_checkpoint
 from coordgan_cli.io.images import write_image
@@ -42,6 +42,21 @@ def make_encoder_checkpoint(path: Path, generator_ckpt: Path, seed: int = 1) -> 
     encoder = build_networks(recipe.model)["encoder"]
     return save_checkpoint(path, encoder_checkpoint_payload(
         recipe, encoder.state_dict(), data["ema"]["generator"], file_sha256(generator_ckpt), 0, generator_step=0))
+
+
+TINY_MATCHER = MatcherConfig(channels=8, width=4, depth=1, k=32)
+
+
+def make_matcher_checkpoint(path: Path, seed: int = 0, cfg: MatcherConfig = TINY_MATCHER) -> Path:
+    """A random-weight tiny FeatureMatcher saved the way ``train_matcher`` saves ``latest.pt``."""
+    from coordgan_cli.training.matcher import build_matcher
+
+    torch.manual_seed(seed)
+    matcher = build_matcher(cfg)
+    save_checkpoint(path, {"kind": "matcher", "step": 0, "config": Recipe(matcher=cfg).to_json(),
+                           "networks": {"matcher": matcher.state_dict()}, "optimizers": {},
+                           "extra": {"seed": seed, "matcher_args": dict(matcher.config)}})
+    return path
 
 
 def make_images(folder: Path, n: int, seed: int = 0, *, sub_every: int = 3) -> list[Path]:
