@@ -39,7 +39,10 @@ from coordgan_cli.io.images import list_images, read_image  # noqa: E402
 from coordgan_cli.io.masks import read_mask  # noqa: E402
 from coordgan_cli.metrics.iou import IoUAccumulator  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "carparts_dsmlr"
+# ../shared/data beside the checkout (or beside its parent, for a worktree under wt/).
+DEFAULT_DATA = next((p / "shared" / "data" / "carparts_dsmlr" for p in (ROOT.parent, ROOT.parent.parent)
+                     if (p / "shared" / "data" / "carparts_dsmlr").is_dir()),
+                    ROOT.parent / "shared" / "data" / "carparts_dsmlr")
 NUM_CLASSES = 19  # background + 18 parts
 HYPERCOLUMN_LAYERS = ("mixed_2", "mixed_7")  # Mixed_5d (288 ch, 35²) and Mixed_6e (768 ch, 17²)
 
@@ -123,10 +126,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=10, help="suggest seeds 0..N-1 for the coverage spread")
     parser.add_argument("--draws", type=int, default=2000, help="random draws for the random coverage")
-    parser.add_argument("--random-mious", type=int, default=5, help="random draws scored by mIoU")
+    parser.add_argument("--random-mious", type=int, default=3, help="random draws scored by mIoU")
     parser.add_argument("--matcher", choices=("cosine", "correlation"), default="cosine")
     parser.add_argument("--matcher-ckpt", type=Path, default=None)
-    parser.add_argument("--grid", type=int, default=96, help="cosine matcher's working grid side")
+    parser.add_argument("--grid", type=int, default=32, help="cosine matcher's working grid side")
     parser.add_argument("--limit", type=int, default=None, help="score on the first N test images only")
     args = parser.parse_args()
     if not (args.data / "train" / "images").is_dir() or not (args.data / "test" / "images").is_dir():
@@ -158,9 +161,9 @@ def main() -> None:
     print(f"  random {args.k}          {np.mean(random_cov):5.1f}   (mean of {args.draws} draws; min {min(random_cov)}, "
           f"max {max(random_cov)})")
     print(f"  suggested, seed 0   {seed_cov[0]:5d}   {' '.join(p.name for p in picks[0])}")
-    print(f"  suggested, seeds 0-{args.seeds - 1} {np.mean(seed_cov):5.1f}   (min {min(seed_cov)}, max {max(seed_cov)})")
+    print(f"  suggested, seeds 0-{args.seeds - 1} {np.mean(seed_cov):5.1f}   (min {min(seed_cov)}, max {max(seed_cov)})", flush=True)
 
-    print(f"propagation mIoU on {len(test)} test images, matcher {args.matcher}:")
+    print(f"propagation mIoU on {len(test)} test images, matcher {args.matcher}:", flush=True)
     work = Path(tempfile.mkdtemp(prefix="suggest-bench-"))
     rows = [(f"first {args.k} by name", first), ("suggested (seed 0)", picks[0])]
     rng = np.random.default_rng(1)

@@ -30,12 +30,12 @@ _CHUNK = 8192  # rows per distance block: the N×K distance matrix is formed in 
 
 def normalise(descriptors: np.ndarray) -> np.ndarray:
     """(N, D) → float32 rows centred on their mean, then of unit length (zero rows stay zero)."""
-    x = np.asarray(descriptors, dtype=np.float32)
+    x = np.array(descriptors, dtype=np.float32)  # the one O(N·D) copy; the rest is in place
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"descriptors must be (N, D) with N ≥ 1, got shape {x.shape}")
-    x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
+    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def _sq_dist(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -47,6 +47,23 @@ def _sq_dist(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
         d = (block * block).sum(axis=1)[:, None] + c2[None, :] - 2.0 * block @ centres.T
         out[s:s + _CHUNK] = np.maximum(d, 0.0)
     return out
+
+
+def _cluster_sums(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Assign rows to their nearest centre; per centre, the (K, D) sum of its rows and (K,) count.
+
+    Row blocks keep memory at O(block·K + K·D) (no copy of a cluster's rows)."""
+    k = len(centres)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    for s in range(0, len(x), _CHUNK):
+        block = x[s:s + _CHUNK]
+        assign = _sq_dist(block, centres).argmin(axis=1)
+        one_hot = np.zeros((len(block), k), dtype=np.float32)
+        one_hot[np.arange(len(block)), assign] = 1.0
+        sums += one_hot.T @ block
+        counts += np.bincount(assign, minlength=k)
+    return sums.astype(np.float32), counts
 
 
 @dataclass
@@ -122,16 +139,13 @@ def representatives(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (
         free = _kmeanspp(x, k, fixed, selectable, rng)
         centres = x[fixed + free].copy()
         for _ in range(iterations):
-            assign = _sq_dist(x, centres).argmin(axis=1)
-            moved = False
-            for j in range(len(fixed), len(centres)):
-                members = assign == j
-                if members.any():
-                    new = x[members].mean(axis=0)
-                    moved |= not np.allclose(new, centres[j])
-                    centres[j] = new
-            if not moved:
+            sums, counts = _cluster_sums(x, centres)
+            free_rows = np.arange(len(fixed), len(centres))
+            filled = free_rows[counts[free_rows] > 0]
+            new = sums[filled] / counts[filled, None]
+            if np.allclose(new, centres[filled]):
                 break
+            centres[filled] = new
         # Each free cluster's pick: its selectable member nearest the centroid (a real image).
         dist = _sq_dist(x, centres)
         assign = dist.argmin(axis=1)
