@@ -2,7 +2,7 @@
 
 Steps, each the library function behind a command: ``coordgan synth`` writes COUNT + 1 synthetic
 faces with their true part masks into OUT/faces; image 000000 and its true mask are the one
-annotated reference; ``coordgan propagate`` labels the other COUNT images with the shipped
+annotated reference; the labelling core behind ``coordgan propagate`` (``coordgan_cli.labelling``) labels the other COUNT images with the shipped
 CoordGAN model (or, with ``--matcher correlation`` or when no CoordGAN model ships, with the shipped
 correlation matcher) into OUT (labels/, overlays/, confidence/, report.html); the labels are scored against the true
 masks (mean IoU over the parts, background excluded, the paper's rules: ``metrics.iou``) beside
@@ -57,7 +57,6 @@ def demo_command(
     """Label COUNT synthetic faces from one annotated reference with the shipped model and score the
     labels against their true masks, beside the copy-the-reference baseline; writes OUT/report.html
     and OUT/demo.json."""
-    from coordgan_cli.cli.propagate import run_propagate
     from coordgan_cli.data.synth_set import SynthSpec, image_name, write_synth_set
     from coordgan_cli.inference import NO_MODEL, resolve_matcher, resolve_model
     from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
@@ -118,11 +117,8 @@ def demo_command(
 
     info(f"demo: labelling {count} synthetic faces from one reference ({reference}) with the shipped model "
          f"{used.stem!r} ({used})", state)
-    propagated = run_propagate(
-        state, ref=[data / "images" / reference], mask=[data / "masks" / reference], queries=str(query_list),
-        out=out, ckpt=checkpoint, matcher=method, matcher_ckpt=None if checkpoint is not None else used,
-        report_title=f"coordgan demo — {count} synthetic faces labelled by {used.stem!r} from one reference",
-        score=score)
+    propagated = _label(state, data, reference, out, checkpoint, used,
+                        f"coordgan demo — {count} synthetic faces labelled by {used.stem!r} from one reference", score)
     if not figures:
         raise UserError(f"{out}: no query was labelled (see the warnings above)")
     seconds = time.perf_counter() - started
@@ -146,6 +142,27 @@ def demo_command(
          f"{100 * figures['miou_identity']:.1f} %  [{seconds:.1f} s]", state)
     info(f"look at {out / 'report.html'} (overlays and confidence, least confident first); labels in "
          f"{out / 'labels'}; figures in {out / DEMO_JSON}", state)
+
+
+def _label(state, data: Path, reference: str, out: Path, checkpoint: Optional[Path], used: Path, title: str,
+           score) -> dict[str, Any]:
+    """Label data/queries.txt from the one reference through the labelling core; its summary."""
+    from coordgan_cli.cli._common import warn
+    from coordgan_cli.correspondence.vote import resolution_tau
+    from coordgan_cli.labelling import QueryList, References, label_folder, make_matcher
+
+    queries = QueryList.read(data / "queries.txt")
+    references = References.from_pairs([(data / "images" / reference, data / "masks" / reference)],
+                                       root=queries.root, info=lambda m: info(m, state), warn=warn)
+    tau = resolution_tau(references.side)
+    if checkpoint is not None:
+        info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
+        matcher = make_matcher("coordinates", ckpt=checkpoint, device=state.torch_device(), tau=tau)
+    else:
+        matcher = make_matcher("correlation", matcher_ckpt=used, device=state.torch_device())
+    return label_folder(references, queries, out, matcher, settings={"tau": tau}, report_title=title, score=score,
+                        info=lambda m: info(m, state), warn=warn,
+                        track=lambda items, total: track(items, total, "propagate", state, unit="img"))
 
 
 def register(app: typer.Typer) -> None:
