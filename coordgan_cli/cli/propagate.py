@@ -89,7 +89,7 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
-    uses_maps = matcher != "correlation"  # coordinates and ensemble vote on correspondence maps
+    uses_maps = matcher in ("coordinates", "ensemble")  # these vote on correspondence maps
     if uses_maps and store is None:
         ckpt = _resolve_map_model(ckpt, model, state)
     query_list = QueryList.read(queries)

@@ -39,14 +39,14 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     """An (H, W, 3) uint8 array from a NumPy array (RGB or greyscale) or a PIL image."""
     if not isinstance(image, np.ndarray):
         if hasattr(image, "convert"):  # a PIL image
-            image = np.asarray(image.convert("RGB"))
+            image = np.array(image.convert("RGB"))
         else:
             raise TypeError(f"expected an (H, W, 3) uint8 array or a PIL image, got {type(image).__name__}")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    return np.ascontiguousarray(image)
+    return np.array(image, order="C") if not image.flags.writeable else np.ascontiguousarray(image)
 
 
 def read_pairs_file(path: Path) -> list[tuple[Path, Optional[Path]]]:
