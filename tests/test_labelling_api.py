@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from coordgan_cli.cli import app
 from coordgan_cli.correspondence.correlation import propagate_correlation
 from coordgan_cli.errors import UserError
-from coordgan_cli.io.images import read_image, write_image
+from coordgan_cli.io.images import read_image
 from coordgan_cli.io.masks import read_labels, read_mask
 from coordgan_cli.labelling import (Matcher, MatcherBase, References, available_matchers, label_folder,
                                     make_matcher, register_matcher)

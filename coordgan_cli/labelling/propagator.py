@@ -84,7 +84,8 @@ class Propagator:
     correspondence maps (``reference_maps``) into OUT/keypoints.json; settings: defaults for what
     the resume key and summary record (``mode``, ``tau``), below the matcher's own ``settings()``;
     score(out, finished names) → {label: text} for the report's summary line; info / warn / track:
-    diagnostics and a progress wrapper ``track(items, total)``.
+    diagnostics and a progress wrapper ``track(items, total)``. ``run`` fits the matcher on the
+    references and closes it (``close()``, e.g. a store) when the queries are done.
     """
 
     def __init__(self, references: References, matcher: Matcher, out: Union[str, Path], *,
