@@ -163,15 +163,16 @@ def make_progress(state: Optional[AppState] = None, *, unit: str = "it"):
     return Progress(
         # The description and the count never shrink; only the free-text rate column is cut
         # when the terminal is narrow.
-        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=5)),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=13)),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11, justify="right")),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[rate]}", table_column=Column(overflow="ellipsis", no_wrap=True, ratio=1)),
         console=err_console,
         transient=False,
+        expand=True,  # the rate column takes what is left (and is cut with … when that is short)
     )
 
 
