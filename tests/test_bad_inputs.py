@@ -290,3 +290,53 @@ def test_unwritable_output_folder_is_one_clear_error(fx, tmp_path, case):
         pytest.skip("no unwritable folder on this machine (root without /sys)")
     _, build, expected = case
     _run_case(fx, tmp_path, build, expected)
+
+
+# --- what a failure or a kill leaves behind -------------------------------------------------------
+
+def test_a_killed_write_leaves_no_temporary_and_a_rerun_clears_old_ones(fx, tmp_path):
+    from coordgan_cli.io.atomic import atomic_path
+
+    target = tmp_path / "ckpt-0000002.pt"
+    with pytest.raises(SystemExit):  # SIGTERM arrives as SystemExit (see cli.main)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            raise SystemExit(143)
+    assert list(tmp_path.iterdir()) == []
+    # kill -9 cannot be caught: the 0-byte temporary it leaves is removed when the run starts again.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".ckpt-0000002.pt.x1y2z3.tmp.pt").write_bytes(b"")
+    result = runner.invoke(app, ["--device", "cpu", "--quiet", "train", str(fx.recipe), "--out", str(run),
+                                 "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert not list(run.glob(".*.tmp*")) and (run / "latest.pt").is_file()
+
+
+def test_reference_sizes_of_broken_images_are_one_clear_error(fx):
+    from coordgan_cli.io.images import ImageReadError, image_size
+
+    assert image_size(fx.good) == (16, 16)
+    for path, words in ((fx.bomb, "decompression-bomb"), (fx.zero, "0-byte"), (fx.text, "not an image"),
+                        (fx.root / "missing.png", "not found")):
+        with pytest.raises(ImageReadError) as err:
+            image_size(path)
+        assert err.value.message.startswith(f"{path}: ") and words in err.value.message
+
+
+def test_help_is_fast_to_start_and_readable():
+    import subprocess
+    import sys
+
+    # --help must not import torch (it took ~10 s to start on a busy machine).
+    code = "import sys; from coordgan_cli.cli import app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False"
+    root = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
+    assert "<bool>" not in root.output and "--quiet" in root.output and "--verbose" in root.output
+    for command, word in (("train-encoder", "[encoder]"), ("train-matcher", "[matcher]")):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert word in result.output, result.output
+    swap = runner.invoke(app, ["swap", "--help"], env={"COLUMNS": "200"})
+    assert "<list[" not in swap.output and "<str>..." in swap.output
