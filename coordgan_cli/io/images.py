@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,36 +41,23 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _decode_errors(path: Path):
-    """Turn whatever Pillow raises for a bad file into one ImageReadError naming ``path``."""
-    return _ImageErrors(path)
-
-
-class _ImageErrors:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._warnings = warnings.catch_warnings()
-
-    def __enter__(self) -> None:
-        self._warnings.__enter__()
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        self._warnings.__exit__(kind, exc, tb)
-        path = self.path
-        if exc is None or isinstance(exc, ImageReadError):
-            return False
-        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise ImageReadError(
-                f"{path}: image is too large ({exc}); Pillow's decompression-bomb guard refused it"
-            ) from exc
-        if isinstance(exc, UnidentifiedImageError) or (isinstance(exc, OSError) and path.is_file()
-                                                       and path.stat().st_size == 0):
-            empty = " (an empty, 0-byte file)" if path.is_file() and path.stat().st_size == 0 else ""
-            raise ImageReadError(f"{path}: not an image file Pillow can read{empty}") from exc
-        if isinstance(exc, (OSError, ValueError, SyntaxError, EOFError)):
-            raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
-        return False
+@contextlib.contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Turn whatever Pillow raises for a bad file into one ImageReadError naming ``path``
+    (decompression bombs included: the warning-level guard is made an error too)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: image is too large ({exc}); Pillow's decompression-bomb guard refused it") \
+            from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: not an image file Pillow can read (an empty, 0-byte file)") from exc
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageReadError(f"{path}: not an image file Pillow can read") from exc
+        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -33,6 +33,7 @@ from coordgan_cli.io.checkpoint import (
     capture_rng_state, checkpoint_recipe, file_sha256, load_checkpoint, load_state_strict, restore_rng_state,
     save_checkpoint,
 )
+from coordgan_cli.io.paths import removed_on_failure
 from coordgan_cli.models import (
     Discriminator, Generator, PatchDiscriminator, discriminator_kwargs, generator_kwargs, patch_discriminator_kwargs,
 )
@@ -43,7 +44,6 @@ from coordgan_cli.training.generator_step import (
     _SAMPLES, StepContext, TrainState, build_train_state, check_batch_split, chunk_generator, non_finite, train_step,
 )
 from coordgan_cli.training.run_dir import RunDir
-from coordgan_cli.io.paths import removed_on_failure
 from coordgan_cli.training.samples import sample_grid
 
 # Recipe fields that may change when a run is resumed (everything else must match).
