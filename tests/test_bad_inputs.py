@@ -196,6 +196,8 @@ CASES: list[tuple[str, Args, object]] = [
                                           str(t / "nodata")], "nodata"),
     ("train-data-empty", lambda fx, t: ["train", str(fx.recipe), "--out", str(t / "run"), "--data",
                                         str(_empty_folder(t))], "empty"),
+    ("train-fails-in-new-nested-folders", lambda fx, t: ["train", str(fx.recipe), "--out", str(t / "a" / "b" / "run"),
+                                                         "--data", str(t / "nodata")], "nodata"),
     ("train-max-steps-zero", lambda fx, t: ["train", str(fx.recipe), "--out", str(t / "run"), "--max-steps", "0"],
      "--max-steps"),
     ("train-max-steps-beyond-schedule", lambda fx, t: ["train", str(fx.recipe), "--out", str(t / "run"),
@@ -340,3 +342,12 @@ def test_help_is_fast_to_start_and_readable():
         assert word in result.output, result.output
     swap = runner.invoke(app, ["swap", "--help"], env={"COLUMNS": "200"})
     assert "<list[" not in swap.output and "<str>..." in swap.output
+
+
+def test_a_cuda_device_is_refused_where_there_is_none(fx):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["--device", "cuda", "info", str(fx.recipe)])
+    assert result.exit_code == 2 and "no CUDA device" in result.stderr and "Traceback" not in result.output

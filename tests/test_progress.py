@@ -84,3 +84,14 @@ def test_commands_report_progress_in_a_pipe(tmp_path):
     result = runner.invoke(app, ["synth", str(tmp_path / "s"), "--category", "faces", "--count", "3", "--size", "16"])
     assert result.exit_code == 0, result.output
     assert re.search(r"^\[synth faces\] 3/3 img \(100 %\), .*img/s", result.stderr, re.M), result.stderr
+
+
+def test_training_reports_progress_lines_in_a_pipe(tmp_path):
+    from tiny_checkpoints import TINY, make_images
+
+    images = make_images(tmp_path / "images", 4, sub_every=0)[0].parent
+    result = runner.invoke(app, ["--device", "cpu", "train", str(TINY), "--out", str(tmp_path / "run"),
+                                 "--data", str(images)])
+    assert result.exit_code == 0, result.output
+    # Whole words, never a bar cut to "tr… 1…": the final line carries the count and the losses.
+    assert re.search(r"^\[train\] 4/4 step \(100 %\), .*, D [0-9.]+ +G [0-9.]+", result.stderr, re.M), result.stderr
