@@ -22,9 +22,9 @@ import typer
 
 from coordgan_cli.cli._common import AppState, get_state, info, make_progress, print_json, warn
 from coordgan_cli.errors import UserError
+from coordgan_cli.labelling.progress import PROGRESS  # the run records `coordgan propagate` writes
 
 METHODS = ("kmedoids", "farthest")
-PROGRESS = "progress.jsonl"  # written by `coordgan propagate`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +211,10 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
     fixed_in = sorted(set(fixed_in))
 
     # ---- descriptors ------------------------------------------------------------------------
+    from coordgan_cli.io.paths import output_folder
     from coordgan_cli.selection.descriptors import inception_descriptors, structure_descriptors
+
+    output_folder(out)  # inputs are checked; an unwritable --out is one clear error before the long part
 
     all_paths = list(paths) + fixed_out
     skipped: list[dict[str, str]] = []
@@ -263,7 +266,6 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
         picks.append(entry)
 
     # ---- outputs ------------------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "suggested.txt", "".join(p["path"] + "\n" for p in picks))
     captions = []
     for i, p in enumerate(picks, 1):
