@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -148,3 +149,35 @@ def test_contact_sheet_layout() -> None:
     assert (caption < 128).any()                                 # text was drawn under the tile
     with pytest.raises(ValueError, match="captions"):
         contact_sheet([red], [])
+
+
+def test_unreadable_image_is_skipped_and_listed(folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "pool"
+    shutil.copytree(folder, copy)
+    (copy / "broken.png").write_bytes(b"not a png at all")
+    summary = _run(copy, "--k", 3, "--out", tmp_path / "s")
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["broken.png"]
+    assert summary["images"] == 9 and sum(p["cluster_size"] for p in summary["picks"]) == 9
+    assert sorted(_kind(p["path"]) for p in summary["picks"]) == [0, 1, 2]
+
+
+def test_structure_descriptors_are_the_encoders_codes(folder: Path, tmp_path: Path) -> None:
+    from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint
+
+    from coordgan_cli.inference import load_correspondence_model
+    from coordgan_cli.io.images import list_images, read_image
+    from coordgan_cli.selection.descriptors import structure_descriptors
+    from coordgan_cli.selection.select import representatives
+
+    enc = make_encoder_checkpoint(tmp_path / "enc.pt", make_generator_checkpoint(tmp_path / "gen.pt"))
+    paths = list_images(folder)
+    codes, kept = structure_descriptors(paths, enc, device=torch.device("cpu"), batch_size=4)
+    model = load_correspondence_model(enc, "cpu")
+    expected = model.structure_codes([read_image(p) for p in paths]).numpy()
+    assert kept == list(range(len(paths)))
+    np.testing.assert_allclose(codes, expected, rtol=1e-4, atol=1e-5)  # batches of 4 = one batch of 9
+    summary = _run(folder, "--k", 2, "--out", tmp_path / "s", "--ckpt", enc)
+    assert summary["descriptor"] == "structure"
+    assert [p["name"] for p in summary["picks"]] == [paths[i].name for i in representatives(codes, 2).indices]

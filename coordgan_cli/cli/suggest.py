@@ -253,7 +253,7 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
                 uncertainty[row] = 1.0 - run[names[original]]["mean_confidence"]
         chosen = select.next_round(descriptors, uncertainty, k, fixed=fixed_rows)
     folder_count = len(candidates)
-    x = select.normalise(descriptors)
+    x = select.normalise(descriptors) if from_run is not None and fixed_rows else None
     picks = []
     for row, size in zip(chosen.indices, chosen.cluster_sizes):
         original = kept[row]
@@ -262,7 +262,7 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
         if from_run is not None:
             entry.update(run[names[original]])
             entry["distance_to_references"] = (float(np.sqrt(select._sq_dist(x[[row]], x[fixed_rows]).min()))
-                                               if fixed_rows else None)
+                                               if x is not None else None)
         picks.append(entry)
 
     # ---- outputs ------------------------------------------------------------------------------
