@@ -41,7 +41,7 @@ def textbook_kmedoids(x: np.ndarray, k: int, seed: int, iterations: int = 20) ->
     """Voronoi-iteration k-medoids on the full N×N matrix (the straightforward method)."""
     y = normalise(x)
     full = _sq_dist(y, y)  # N×N
-    medoids = _kmeanspp(y, k, [], np.ones(len(y), bool), np.random.default_rng(seed))
+    medoids = _kmeanspp(y, k, None, np.ones(len(y), bool), np.random.default_rng(seed))
     for _ in range(iterations):
         assign = full[:, medoids].argmin(axis=1)
         new = []

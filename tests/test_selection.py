@@ -153,3 +153,15 @@ def test_next_round_prefers_doubtful_images_unlike_the_references() -> None:
     assert group[sel.indices[1]] == 1
     with pytest.raises(ValueError, match="known confidence"):
         next_round(x, np.full(len(x), np.nan), 1)
+
+
+def test_representatives_on_a_sample_still_pick_over_all_images() -> None:
+    x, group = blobs(sizes=(120, 80, 50))
+    full = representatives(x, 3, seed=0)
+    sampled = representatives(x, 3, seed=0, sample=40)  # seeding + Lloyd on 40 of 250 rows
+    assert sorted(group[sampled.indices].tolist()) == [0, 1, 2]
+    assert sampled.cluster_sizes == full.cluster_sizes == [120, 80, 50]
+    assert sampled.indices == representatives(x, 3, seed=0, sample=40).indices  # deterministic
+    fixed = list(range(10))
+    excl = representatives(x, 2, fixed=fixed, seed=0, sample=40)
+    assert sorted(group[excl.indices].tolist()) == [1, 2] and not set(excl.indices) & set(fixed)
