@@ -28,12 +28,14 @@ import numpy as np
 _CHUNK = 8192  # rows per distance block: the N×K distance matrix is formed in slices
 
 
-def normalise(descriptors: np.ndarray) -> np.ndarray:
-    """(N, D) → float32 rows centred on their mean, then of unit length (zero rows stay zero)."""
+def normalise(descriptors: np.ndarray, centre: bool = True) -> np.ndarray:
+    """(N, D) → float32 rows centred on their mean (unless ``centre`` is False: the raw cosine,
+    kept for comparison), then of unit length (zero rows stay zero)."""
     x = np.array(descriptors, dtype=np.float32)  # the one O(N·D) copy; the rest is in place
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"descriptors must be (N, D) with N ≥ 1, got shape {x.shape}")
-    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if centre:
+        x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x
 
@@ -114,7 +116,8 @@ def _kmeanspp(x: np.ndarray, k: int, fixed_centres: Optional[np.ndarray], select
 
 
 def representatives(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (), seed: int = 0,
-                    iterations: int = 20, restarts: int = 8, sample: int = 20_000) -> Selection:
+                    iterations: int = 20, restarts: int = 8, sample: int = 20_000, centre: bool = True
+                    ) -> Selection:
     """The k images that best stand for the set (k-medoids via k-means++ + Lloyd + nearest member).
 
     Args:
@@ -134,7 +137,7 @@ def representatives(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (
         ``Selection``: picks ordered by cluster size (largest first), their cluster sizes
         (the fixed images' clusters are not counted in them).
     """
-    x = normalise(descriptors)
+    x = normalise(descriptors, centre)
     n = len(x)
     fixed = _check(n, k, fixed)
     selectable = np.ones(n, dtype=bool)
@@ -183,13 +186,14 @@ def representatives(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (
     return Selection([picks[j] for j in order], [sizes[j] for j in order], assignment)
 
 
-def farthest_first(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (), seed: int = 0) -> Selection:
+def farthest_first(descriptors: np.ndarray, k: int, *, fixed: Sequence[int] = (), seed: int = 0,
+                   centre: bool = True) -> Selection:
     """Greedy max-min picks: each is the image farthest from every fixed or earlier pick.
 
     Without ``fixed`` the first pick is the image nearest the mean descriptor (deterministic; the
     seed is unused and kept for a uniform signature). Cluster sizes count the images nearest each pick.
     """
-    x = normalise(descriptors)
+    x = normalise(descriptors, centre)
     n = len(x)
     fixed = _check(n, k, fixed)
     selectable = np.ones(n, dtype=bool)
