@@ -268,6 +268,9 @@ def propagate(
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (the "
                                                 "latest.pt of `coordgan train-matcher`) for --matcher correlation/"
                                                 "ensemble; its recipe's tau, k and patch drive the correlation."),
+    work_size: Optional[int] = typer.Option(None, "--work-size", help="Shorter side (px) at which --matcher correlation/"
+                                            "ensemble run the matcher; labels are carried back to each image's own "
+                                            "size. Default: the matcher's training size; 0: each image's own size."),
     report_limit: int = typer.Option(500, "--report-limit", help="Picture rows in report.html (least confident first)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -278,7 +281,7 @@ def propagate(
         state, ref=ref, mask=mask, queries=queries, out=out, ckpt=ckpt, model=model, store=store, refs=refs,
         ref_coco=ref_coco, labels_path=labels_path, mode=mode, tau=tau, min_confidence=min_confidence,
         resize_mask=resize_mask, polygons=polygons, ref_keypoints=ref_keypoints, matcher=matcher,
-        matcher_ckpt=matcher_ckpt, report_limit=report_limit)
+        matcher_ckpt=matcher_ckpt, report_limit=report_limit, work_size=work_size)
     if json_out:
         print_json(summary)
         return
@@ -296,7 +299,7 @@ def run_propagate(
     tau: Optional[float] = None, min_confidence: Optional[float] = None, resize_mask: bool = False,
     polygons: bool = False, ref_keypoints: Optional[Path] = None, matcher: str = "coordinates",
     matcher_ckpt: Optional[Path] = None, report_limit: int = 500, report_title: str = "coordgan propagate — review",
-    score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
+    score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None, work_size: Optional[int] = None,
 ) -> dict[str, Any]:
     """``coordgan propagate`` as a function (the options above, same names); returns its JSON summary.
 
@@ -314,6 +317,8 @@ def run_propagate(
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
+    if work_size is not None and matcher == "coordinates":
+        raise UserError("--work-size sets the feature matcher's resolution: use it with --matcher correlation or ensemble")
     uses_maps = matcher != "correlation"  # coordinates and ensemble vote on correspondence maps
     if uses_maps and store is None:
         ckpt = _resolve_map_model(ckpt, model, state)
@@ -405,7 +410,7 @@ def run_propagate(
     # ---- feature matcher (correlation / ensemble) ---------------------------------------------
     correlation = None
     if matcher != "coordinates":
-        correlation = _CorrelationMatcher(matcher_ckpt, references, num_classes, state.torch_device())
+        correlation = _CorrelationMatcher(matcher_ckpt, references, num_classes, state.torch_device(), work_size)
 
     # ---- maps ---------------------------------------------------------------------------------
     write_back = store is not None
@@ -428,6 +433,8 @@ def run_propagate(
             "matcher": matcher,
             "matcher_sha256": correlation.sha256 if correlation is not None else None,
         }
+        if correlation is not None and correlation.work_size is not None:
+            settings["work_size"] = correlation.work_size
         key = _settings_key(settings)
         out.mkdir(parents=True, exist_ok=True)
         progress_path = out / PROGRESS
@@ -583,27 +590,30 @@ def _check_matcher_options(matcher: str, matcher_ckpt: Optional[Path], store: Op
 class _CorrelationMatcher:
     """A trained feature matcher with the references' features prepared once for all queries."""
 
-    def __init__(self, matcher_ckpt: Optional[Path], references: list[Reference], num_classes: int, device) -> None:
+    def __init__(self, matcher_ckpt: Optional[Path], references: list[Reference], num_classes: int, device,
+                 work_size: Optional[int] = None) -> None:
         from coordgan_cli.correspondence.correlation import prepare_correlation_references
         from coordgan_cli.inference import resolve_matcher
         from coordgan_cli.io.checkpoint import file_sha256
         from coordgan_cli.io.images import read_image
-        from coordgan_cli.training.matcher import load_matcher
+        from coordgan_cli.training.matcher import load_matcher, matcher_work_size
 
         path = resolve_matcher(matcher_ckpt)
         self.network, self.config = load_matcher(path, device)
         self.sha256 = file_sha256(path)
         self.device = device
+        self.work_size = matcher_work_size(path, self.config, work_size)
         self.references = prepare_correlation_references(
             [(read_image(r.image), r.mask) for r in references], self.network, num_classes, device=device,
-            patch=self.config.patch)
+            patch=self.config.patch, work_size=self.work_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) query → (C, H, W) float32 warped one-hot reference labels."""
         from coordgan_cli.correspondence.correlation import correlation_probabilities
 
         probabilities = correlation_probabilities(image, self.references, self.network, tau=self.config.tau,
-                                                  k=self.config.k, device=self.device, patch=self.config.patch)
+                                                  k=self.config.k, device=self.device, patch=self.config.patch,
+                                                  work_size=self.work_size)
         return probabilities.float().cpu().numpy()
 
 
