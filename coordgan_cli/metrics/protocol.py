@@ -152,14 +152,15 @@ class FeatureCorrelation:
     ``network`` maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features; ``tau``, ``k`` and
     ``patch`` are the matcher's own settings (its checkpoint's recipe). ``work_size``: the matcher
     sees references and queries with that shorter side and the query's probabilities are carried
-    back to its size (``correlation.carry_back``); None = the images' own sizes.
+    back to its size (``correlation.carry_back``, guided by the query image unless ``refine`` is
+    False); None = the images' own sizes.
     """
 
     def __init__(self, network: torch.nn.Module, *, tau: float, k: Optional[int], patch: bool,
-                 device: torch.device | str = "cpu", work_size: Optional[int] = None) -> None:
+                 device: torch.device | str = "cpu", work_size: Optional[int] = None, refine: bool = True) -> None:
         self.network, self.tau, self.k, self.patch = network, tau, k, patch
         self.device = torch.device(device)
-        self.work_size = work_size
+        self.work_size, self.refine = work_size, refine
 
     def prepare(self, refs: Sequence[tuple[np.ndarray, np.ndarray]]):
         """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
@@ -211,7 +212,8 @@ class FeatureCorrelation:
             # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
             result = correlation_chunked(feats, prepared.features.unsqueeze(1), prepared.onehot.unsqueeze(1),
                                          tau=self.tau, k=self.k, normalise=False)
-        probabilities = result.probabilities if image is None else carry_back(result.probabilities, image)
+        probabilities = (result.probabilities if image is None
+                         else carry_back(result.probabilities, image, refine=self.refine))
         return probabilities.float().cpu().numpy()
 
 
