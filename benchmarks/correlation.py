@@ -1,8 +1,9 @@
 """Chunked top-k correlation vs the dense (HW)² CoCosNet correlation, side by side.
 
 For each grid size (64², 128², 256² by default) the same query/reference features (a fixed
-randomly initialised ``FeatureMatcher``, or a trained one with ``--checkpoint``, applied to
-scikit-image's astronaut and an affinely warped copy of it) are matched by
+randomly initialised ``FeatureMatcher``, or a trained one with ``--checkpoint``, applied to a
+synthetic face (``coordgan synth``'s renderer, seed 777) and an affinely warped copy of it) are
+matched by
   * dense:   ``correlation_dense`` — the full (HW)² softmax matrix;
   * chunked: ``correlation_chunked(k=K)`` — query chunks, top-k reference positions.
 Each method runs in its own subprocess so its peak memory is measured honestly: the rise of the
@@ -20,10 +21,10 @@ smaller ones after it until one runs.
 Finally the whole per-image path of ``propagate --matcher correlation`` is timed end to end with
 default settings (the shipped matcher at its working size, labels carried back to the image's
 size with guided refinement; ``propagate_correlation``: one reference encoded, one query
-labelled): ``seconds_512`` for a 512×512 query and reference, ``seconds_800x600`` for 800×600
-ones (a typical photo); ``*_query`` is the part a folder run pays per image (the reference is
-encoded once per run). ``--native`` adds the same at the images' own resolution (the behaviour
-before working sizes; minutes per image on a CPU) for the ratio.
+labelled; two synthetic faces with their 16 true parts): ``seconds_512`` for a 512×512 query and
+reference, ``seconds_800x600`` for 800×600 ones (a typical photo); ``*_query`` is the part a folder run pays per image (the reference is
+encoded once per run). ``--native`` adds the 512×512 figure at the images' own resolution (the
+behaviour before working sizes; minutes on a CPU; one run, no warm-up) for the ratio.
 
     python benchmarks/correlation.py [--json] [--sizes 64 128 256] [--k 128] [--cap-gib 8]
                                      [--threads 2] [--native]
@@ -56,6 +57,18 @@ from coordgan_cli.correspondence.correlation import (  # noqa: E402
 from coordgan_cli.models.matcher import FeatureMatcher  # noqa: E402
 
 NUM_CLASSES = 6
+
+
+def _face(index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic face (image uint8 (H, W, 3), its part mask) rendered at the larger side and
+    resized to ``size`` = (H, W)."""
+    import cv2
+
+    from coordgan_cli.data.synthetic import generate_sample
+
+    sample = generate_sample("faces", index, size=max(size), seed=777)
+    image = cv2.resize(sample.image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return image, cv2.resize(sample.mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _vm_size_bytes() -> int:
@@ -94,9 +107,8 @@ def _reset_hwm() -> bool:
 def make_inputs(size: int, checkpoint: str | None) -> dict[str, torch.Tensor]:
     """Normalised features of a query and a reference at size², and the reference's one-hot mask."""
     import cv2
-    from skimage import data
 
-    ref = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    ref, _ = _face(0, (size, size))
     # Query: the reference rotated by 8°, scaled by 0.9 and shifted — a plausible second view.
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), 8, 0.9)
     matrix[:, 2] += (0.04 * size, -0.03 * size)
@@ -119,39 +131,36 @@ def make_inputs(size: int, checkpoint: str | None) -> dict[str, torch.Tensor]:
             "onehot": one_hot_mask(torch.from_numpy(mask), NUM_CLASSES)}
 
 
-def end_to_end(size: tuple[int, int], work_size: int | None, repeats: int = 3) -> dict:
+def end_to_end(size: tuple[int, int], work_size: int | None, repeats: int = 3, warm_up: bool = True) -> dict:
     """Seconds of ``propagate_correlation`` (one reference, one query, both ``size`` = (H, W)) with
     the shipped matcher at ``work_size`` (None: native): the median of ``repeats`` runs after a
     warm-up, and of the query alone with the reference prepared once."""
-    import cv2
-    from skimage import data
-
     from coordgan_cli.correspondence.correlation import (correlation_probabilities, prepare_correlation_references,
                                                          propagate_correlation)
     from coordgan_cli.inference import resolve_matcher
     from coordgan_cli.training.matcher import load_matcher
 
-    h, w = size
-    ref = cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.9)
-    query = cv2.warpAffine(ref, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    grey = cv2.GaussianBlur(cv2.cvtColor(ref, cv2.COLOR_RGB2GRAY), (0, 0), min(h, w) / 64)
-    mask = np.digitize(grey, np.quantile(grey, np.linspace(0, 1, NUM_CLASSES + 1)[1:-1])).astype(np.uint8)
+    from coordgan_cli.data.categories import get_category
+
+    ref, mask = _face(0, size)
+    query, _ = _face(1, size)
+    classes = get_category("faces").num_classes
     network, cfg = load_matcher(resolve_matcher(None), torch.device("cpu"))
     kwargs = dict(tau=cfg.tau, k=cfg.k, patch=cfg.patch, work_size=work_size)
-    propagate_correlation(query, [(ref, mask)], network, NUM_CLASSES, **kwargs)  # warm-up
+    if warm_up:
+        propagate_correlation(query, [(ref, mask)], network, classes, **kwargs)
     whole, per_query = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        propagate_correlation(query, [(ref, mask)], network, NUM_CLASSES, **kwargs)
+        propagate_correlation(query, [(ref, mask)], network, classes, **kwargs)
         whole.append(time.perf_counter() - start)
-    prepared = prepare_correlation_references([(ref, mask)], network, NUM_CLASSES, patch=cfg.patch,
+    prepared = prepare_correlation_references([(ref, mask)], network, classes, patch=cfg.patch,
                                               work_size=work_size)
-    for _ in range(repeats):
+    for _ in range(repeats if warm_up else 0):
         start = time.perf_counter()
         correlation_probabilities(query, prepared, network, tau=cfg.tau, k=cfg.k, patch=cfg.patch, work_size=work_size)
         per_query.append(time.perf_counter() - start)
-    return {"seconds": float(np.median(whole)), "seconds_query": float(np.median(per_query))}
+    return {"seconds": float(np.median(whole)), "seconds_query": float(np.median(per_query)) if per_query else None}
 
 
 def worker(method: str, inputs_path: str, k: int, cap_bytes: int, labels_path: str) -> dict:
@@ -293,8 +302,8 @@ def main() -> None:
         result[f"seconds_{key}_query"] = timing["seconds_query"]
         log(f"end to end {key}: {timing['seconds']:.2f} s (query alone {timing['seconds_query']:.2f} s), "
             f"work size {work_size}, {args.threads} thread(s)")
-        if args.native:
-            native = end_to_end(size, None, 1)
+        if args.native and key == "512":
+            native = end_to_end(size, None, 1, warm_up=False)
             result[f"seconds_{key}_native"] = native["seconds"]
             result[f"speedup_{key}"] = native["seconds"] / timing["seconds"]
             log(f"end to end {key} at native resolution: {native['seconds']:.1f} s (×{result[f'speedup_{key}']:.0f})")

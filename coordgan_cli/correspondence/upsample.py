@@ -125,7 +125,8 @@ def upsample_probabilities(probs: np.ndarray, size: tuple[int, int], guide: Opti
                            radius: Optional[int] = None, eps: float = 1e-4) -> np.ndarray:
     """Class probabilities (K, h, w) → (K, H, W) at ``size`` = (H, W), float32.
 
-    Bilinear upsampling (pixel-centre aligned, like ``cv2.resize``/``align_corners=False``); with a
+    Bilinear upsampling (pixel-centre aligned, like ``cv2.resize``/``align_corners=False``; area
+    averaging when ``size`` is smaller than the input); with a
     ``guide`` image (H, W, 3) uint8 (or (H, W)), each class plane is then refined by
     :func:`guided_filter` so that boundaries follow the image's edges, clipped at 0 and
     renormalised so every pixel sums to 1 (pixels where every class was clipped keep the bilinear
@@ -139,8 +140,9 @@ def upsample_probabilities(probs: np.ndarray, size: tuple[int, int], guide: Opti
     if (h, w) == (height, width):
         up = probs.copy()
     else:
-        up = np.stack([cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=cv2.INTER_LINEAR)
-                       for p in probs])
+        # Area averaging where the output is smaller (a query enlarged to the working size).
+        interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+        up = np.stack([cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=interp) for p in probs])
     if guide is None:
         return up
     if guide.shape[:2] != (height, width):
