@@ -13,7 +13,7 @@ the selection), and the mIoU of propagating their masks to every test image with
     network's Mixed_5d + Mixed_6e maps, 35² and 17², upsampled and concatenated), on a --grid²
     working grid, labels upsampled (nearest) to each test mask;
   * ``correlation``: `coordgan propagate --matcher correlation` (a trained feature matcher,
-    --matcher-ckpt or the shipped one) at full resolution — slow on CPU.
+    --matcher-ckpt or the shipped one, at its working size; labels at each test photo's size).
 mIoU: ΣI/ΣU per class over all test images, averaged over the part classes 1..C-1 (``metrics.iou``).
 
     OMP_NUM_THREADS=1 python benchmarks/suggest_references.py --k 5
@@ -111,7 +111,7 @@ def miou_correlation(refs: list[Path], test: list[Path], matcher_ckpt: Path | No
 
     queries = work / "queries.txt"
     queries.write_text("".join(f"{q}\n" for q in test))
-    out = work / f"run-{abs(hash(tuple(refs)))}"
+    out = work / f"run-{len(list(work.glob('run-*')))}"
     run_propagate(AppState(device="cpu", quiet=True), ref=refs, mask=[mask_of(r) for r in refs], queries=str(queries),
                   out=out, matcher="correlation", matcher_ckpt=matcher_ckpt)
     acc = IoUAccumulator(NUM_CLASSES)
@@ -164,7 +164,6 @@ def main() -> None:
     print(f"  suggested, seeds 0-{args.seeds - 1} {np.mean(seed_cov):5.1f}   (min {min(seed_cov)}, max {max(seed_cov)})", flush=True)
 
     print(f"propagation mIoU on {len(test)} test images, matcher {args.matcher}:", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="suggest-bench-"))
     rows = [(f"first {args.k} by name", first), ("suggested (seed 0)", picks[0])]
     rng = np.random.default_rng(1)
     rows += [(f"random {args.k} #{i + 1}", [train[j] for j in rng.choice(len(train), args.k, replace=False)])
@@ -172,7 +171,8 @@ def main() -> None:
     if args.matcher == "cosine":
         mious = mious_cosine([refs for _, refs in rows], test, Hypercolumns(device), args.grid)
     else:
-        mious = [miou_correlation(refs, test, args.matcher_ckpt, work) for _, refs in rows]
+        with tempfile.TemporaryDirectory(prefix="suggest-bench-") as work:
+            mious = [miou_correlation(refs, test, args.matcher_ckpt, Path(work)) for _, refs in rows]
     results = {}
     for (label, refs), value in zip(rows, mious):
         results[label] = value
