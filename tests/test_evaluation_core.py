@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coordgan_cli.cli import app  # noqa: E402
 from coordgan_cli.data import benchmarks  # noqa: E402
 from coordgan_cli.data.benchmarks import load_benchmark, register_dataset  # noqa: E402
+from coordgan_cli.errors import UserError  # noqa: E402
 from coordgan_cli.evaluation import EvaluationRequest, evaluate_benchmark  # noqa: E402
 from coordgan_cli.labelling import MatcherBase, register_matcher  # noqa: E402
 from coordgan_cli.labelling import matchers as matchers_module  # noqa: E402
@@ -175,5 +176,7 @@ def test_python_call_gives_the_commands_report(tmp_path):
     report = evaluate_benchmark(EvaluationRequest("synthetic", root, store=store, refs=["000000"], queries=2,
                                                   vote="hard", no_correlation=True))
     assert json.loads(json.dumps(report)) == cli
-    with pytest.raises(Exception, match="--tau must be positive"):
+    with pytest.raises(UserError, match="--tau must be positive"):
         evaluate_benchmark(EvaluationRequest("synthetic", root, store=store, tau=0.0))
+    with pytest.raises(UserError, match="no correspondence maps: give --ckpt"):
+        evaluate_benchmark(EvaluationRequest("synthetic", root))

@@ -384,7 +384,8 @@ def load_benchmark(dataset: str, root: str | Path, *, refs: Optional[Sequence[st
     return _LOADERS[dataset](root, refs=refs, queries=queries, **options)
 
 
-def _load_dgan_layout(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int], dataset: str) -> Benchmark:
+def _load_dgan_layout(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int],
+                      dataset: str) -> Benchmark:
     category = "face" if dataset == "dgan-face" else "car"
     train, test, classes, exclude = _load_dgan(root, category)
     if len(train) < PAPER_REFERENCES and not refs:

@@ -77,6 +77,9 @@ class EvaluationRequest:
     def check(self) -> None:
         """Every mistake in the options as one UserError, before anything is loaded."""
         self.check_choices()
+        if self.ckpt is None and self.store is None:
+            raise UserError("no correspondence maps: give --ckpt (a model: maps from its encoder) or --store "
+                            "(precomputed maps)")
         for option, path in (("--ckpt", self.ckpt), ("--store", self.store)):
             if path is not None and not path.is_file():
                 raise UserError(f"{option} {path}: file not found")

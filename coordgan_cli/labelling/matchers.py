@@ -73,7 +73,8 @@ class MatcherBase:
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None, only: Optional[np.ndarray] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         probs, confidence = self.predict_proba(image, name=name)
         classes = np.asarray(self._fitted().classes)
         return Prediction(classes[probs.argmax(axis=0)].astype(np.uint8), confidence.astype(np.float32), probs)
@@ -252,7 +253,8 @@ class CoordinatesMatcher(MatcherBase):
         probs = self.proba_from_map(cmap, valid)
         return probs, winning_share(probs)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None, only: Optional[np.ndarray] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.vote import propagate_map
 
         cmap, valid, row = self.query_maps(image, name)
@@ -359,7 +361,8 @@ class EnsembleMatcher(MatcherBase):
         for member in self.members:
             member.fit(references)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None, only: Optional[np.ndarray] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.ensemble import fuse_probabilities
 
         self._fitted()
