@@ -56,8 +56,10 @@ def _runs(root: Path) -> dict[str, list]:
     return {
         "store_paper_matcher": [*base, *truth, *matcher],
         "store_fullres_matcher_out": [*base, *truth, *matcher, "--protocol", "fullres", "--out", root / "res"],
-        "coarse_paper_shipped": [*base, *coarse, "--tau", "0.05"],
-        "coarse_fullres_shipped": [*base, *coarse, "--protocol", "fullres"],
+        # --work-size 0: the old code ran the matcher at the images' own (protocol) size; the default
+        # is now the shipped matcher's training size (tests/test_work_size.py).
+        "coarse_paper_shipped": [*base, *coarse, "--tau", "0.05", "--work-size", "0"],
+        "coarse_fullres_shipped": [*base, *coarse, "--protocol", "fullres", "--work-size", "0"],
         "coarse_fullres_hard": [*base, *coarse, "--protocol", "fullres", "--vote", "hard", "--no-correlation"],
         "store_paper_hard": [*base, *truth, "--vote", "hard", "--no-correlation"],
         "default_split_fullres": ["evaluate", "--dataset", "synthetic", "--root", syn, *coarse, *matcher,
@@ -81,6 +83,8 @@ def _digests(root: Path, args: list) -> dict[str, str]:
     text = (result.stdout.replace(str(root), "ROOT").replace(PACKAGE, "PACKAGE")
             .replace(file_sha256(root / "matcher.pt"), "MATCHER_SHA256"))
     report = json.loads(text)
+    # "work_size" joined the report after the recording; None is the old path (the images' own size).
+    assert report["feature_matcher"].pop("work_size", None) is None
     digests = {f"json/{k}": _sha(json.dumps(v, sort_keys=True).encode()) for k, v in report.items()}
     if "--out" in args:
         out = Path(args[args.index("--out") + 1])

@@ -59,6 +59,9 @@ def evaluate(
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (`coordgan "
                                                 "train-matcher`'s latest.pt): adds the correlation and ensemble "
                                                 "matchers to the table (default: the shipped matcher, if any)."),
+    work_size: Optional[int] = typer.Option(None, "--work-size", help="Shorter side (px) at which the feature "
+                                            "matcher sees references and queries (probabilities carried back to the "
+                                            "protocol's size). Default: its training size; 0: the protocol's size."),
     no_correlation: bool = typer.Option(False, "--no-correlation", help="Skip the correlation and ensemble "
                                         "matchers (the slow part on a CPU)."),
     tau: float = typer.Option(PAPER_TAU, "--tau", help="Soft-vote temperature (paper: 0.01)."),
@@ -89,7 +92,7 @@ def evaluate(
     request = EvaluationRequest(
         dataset, root, store=store, protocol=protocol, refs=_names(refs), queries=queries,
         vote=resolve_vote(vote, legacy_matcher), tau=tau, matchers=_names(matchers), matcher_ckpt=matcher_ckpt,
-        no_correlation=no_correlation, fid_real=fid_real, fid_samples=fid_samples, fid_cache=fid_cache,
+        no_correlation=no_correlation, work_size=work_size, fid_real=fid_real, fid_samples=fid_samples, fid_cache=fid_cache,
         perceptual=perceptual, swap_pairs=swap_pairs, recon_images=recon_images, batch=batch, seed=state.seed)
     request.check_choices()
     request.ckpt = resolve_model_option(ckpt, model_name, store, lambda m: info(m, state))

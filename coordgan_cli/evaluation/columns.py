@@ -36,8 +36,8 @@ class ColumnInputs:
     maps: the benchmark's correspondence maps (``evaluation.maps.BenchmarkMaps``); store / ckpt:
     where they come from (--store, --ckpt); matcher_ckpt: --matcher-ckpt (None: the shipped
     matcher); no_correlation: --no-correlation; mode / tau: the coordinate vote; work_size: the
-    side correlation and ensemble work at (``--work-size``; None = the images' own size — the
-    option is not wired yet: pass it to CorrelationMatcher in ``correlation()`` below).
+    shorter side the feature matcher works at (``--work-size``; None: its training size, 0: the
+    protocol's size) — the correlation's, hence the ensemble's.
     """
 
     protocol: str
@@ -89,12 +89,12 @@ class ColumnInputs:
         if reason:
             self.feature_matcher.update(available=False, reason=reason)
             raise UserError(reason)
-        # --work-size goes here (CorrelationMatcher(..., work_size=self.work_size)) once the matcher takes it;
-        # the ensemble shares this object, so it follows.
-        matcher = CorrelationMatcher(matcher_ckpt=path, device=self.device)
+        # The ensemble shares this object, so it works at the same size.
+        matcher = CorrelationMatcher(matcher_ckpt=path, device=self.device, work_size=self.work_size)
         cfg = matcher.config
         self.feature_matcher.update(checkpoint=str(path), sha256=matcher.sha256, tau=cfg.tau, k=cfg.k,
-                                    patch=cfg.patch, resolution=128 if self.protocol == "paper" else "native",
+                                    patch=cfg.patch, work_size=matcher.work_size,
+                                    resolution=128 if self.protocol == "paper" else "native",
                                     ensemble="mean of the coordinate vote's class shares and the correlation's")
         return LastQuery(matcher)
 

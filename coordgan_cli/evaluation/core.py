@@ -51,7 +51,7 @@ class EvaluationRequest:
     matchers: Optional[list[str]] = None
     matcher_ckpt: Optional[Path] = None
     no_correlation: bool = False
-    work_size: Optional[int] = None  # for correlation and ensemble; --work-size is not an option yet
+    work_size: Optional[int] = None  # the feature matcher's working side (None: its default, 0: the protocol's size)
     fid_real: Optional[Path] = None
     fid_samples: int = 1000
     fid_cache: Optional[Path] = None
@@ -85,6 +85,11 @@ class EvaluationRequest:
                 raise UserError(f"{option} {path}: file not found")
         if self.no_correlation and self.matcher_ckpt is not None:
             raise UserError("--no-correlation skips the matcher that --matcher-ckpt gives: use one or the other")
+        if self.no_correlation and self.work_size is not None:
+            raise UserError("--work-size sets the feature matcher's resolution, which --no-correlation skips: drop one")
+        if self.work_size is not None and self.work_size < 0:
+            raise UserError(f"--work-size must be a positive number of pixels (or 0 for each image's own size), "
+                            f"got {self.work_size}")
         if self.matcher_ckpt is not None and not self.matcher_ckpt.is_file():
             raise UserError(f"--matcher-ckpt {self.matcher_ckpt}: file not found")
         if self.fid_real is not None:
