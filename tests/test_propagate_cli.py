@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -59,8 +61,13 @@ def _summary(result) -> dict:
     return json.loads(result.stdout)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    store_sha = _sha256(dataset / "maps.h5")
     res = _run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",
                "--queries", dataset / "images", "--out", out, "--json")
     summary = _summary(res)
@@ -68,16 +75,22 @@ def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     assert set(summary["outputs"]) >= {"labels", "labels_json", "annotations", "report", "overlays", "confidence"}
     assert 0.5 < summary["mean_confidence"] <= 1.0
     assert summary["tau"] == pytest.approx(0.01 * 128 / SIZE)  # the paper's τ scaled to the references' side
-    with StoreReader(dataset / "maps.h5") as store:
+    assert summary["outputs"]["labels_h5"] == str(out / "labels.h5")
+    with StoreReader(dataset / "maps.h5") as store, h5py.File(out / "labels.h5", "r") as written:
+        assert not store.has("labels") and not store.has("confidence")  # the input store is never written
+        rows = {n.decode(): i for i, n in enumerate(written["names"][: written.attrs["complete"]])}
+        assert sorted(rows) == ["a.png", "b.png", "sub/c.png"] and list(written.attrs["size"]) == [SIZE, SIZE]
         for name in ["a.png", "b.png", "sub/c.png"]:
             pred = read_mask(out / "labels" / name)
             truth = parts_mask(store.correspondence(store.index(name)))
             assert pred.shape == (SIZE, SIZE)
             assert (pred == truth).mean() > 0.93, name
-            # --store rows get labels and confidence (same size as the labels).
-            np.testing.assert_array_equal(store.read("labels", store.index(name)), pred)
-            assert store.read("confidence", store.index(name)).shape == (SIZE, SIZE)
-    # d.png is labelled at its own 32×32 size; its store row (24×24) is not written.
+            # OUT/labels.h5 holds the labels and confidence of the queries at the store's size, by store name.
+            np.testing.assert_array_equal(written["labels"][rows[name]], pred)
+            assert written["confidence"][rows[name]].dtype == np.float16
+            assert 0.5 < written["confidence"][rows[name]].mean() <= 1.0
+    assert _sha256(dataset / "maps.h5") == store_sha
+    # d.png is labelled at its own 32×32 size; its labels (not at the store's 24×24) are not in labels.h5.
     assert read_mask(out / "labels" / "d.png").shape == (32, 32)
     assert (out / "overlays" / "sub" / "c.jpg").is_file() and (out / "confidence" / "sub" / "c.png").is_file()
     # COCO loads in pycocotools and decodes to exactly the PNGs.
@@ -101,6 +114,11 @@ def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     third = _summary(_run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask",
                           dataset / "masks/a.png", "--queries", dataset / "images", "--out", out, "--json"))
     assert third["new"] == 1 and third["count"] == 4
+    with h5py.File(out / "labels.h5", "r") as written:  # b.png's row was rewritten, not appended again
+        assert written.attrs["complete"] == 3 and written["names"].shape == (3,)
+        b_row = [n.decode() for n in written["names"][:]].index("b.png")
+        np.testing.assert_array_equal(written["labels"][b_row], read_mask(out / "labels" / "b.png"))
+    assert _sha256(dataset / "maps.h5") == store_sha
     assert len(COCO(str(out / "annotations.json")).dataset["images"]) == 4
     # Other settings in the same folder are refused rather than mixed.
     other = _run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",

@@ -14,8 +14,8 @@ asked about one query at a time. The contract (``Matcher``) is small:
 the ``Propagator`` uses when present: ``label(image, *, name) -> Prediction`` (labels computed
 otherwise than as the argmax of the probabilities, e.g. the exact coordinate vote, plus the query's
 correspondence map for keypoints), ``settings()`` (what the resume key records), ``reference_maps``
-(keypoint transfer), ``write_back(prediction, labels, confidence)`` (labels into a store) and
-``close()``.
+(keypoint transfer), ``store_entry(prediction)`` (the query's store name and map size, for
+``OUT/labels.h5``) and ``close()``. Stores are opened read-only: a matcher never writes its inputs.
 
 New matchers plug in with ``register_matcher(name, factory)``; ``make_matcher(name, **options)``
 builds one (``coordgan propagate --matcher NAME`` and ``label_folder(..., matcher=NAME)``).
@@ -49,7 +49,7 @@ class Matcher(Protocol):
 class Prediction:
     """One query's result: labels (H, W) uint8 ids, confidence (H, W) float32, and what some
     matchers also know: the class probabilities (K, H, W), the query's correspondence map (2, H, W)
-    with its valid pixels (keypoint transfer) and its store row (labels written back)."""
+    with its valid pixels (keypoint transfer) and its store row (its labels go to OUT/labels.h5)."""
 
     labels: np.ndarray
     confidence: np.ndarray
@@ -136,14 +136,14 @@ def resample_map(correspondence: np.ndarray, size: tuple[int, int]) -> np.ndarra
 class MapSource:
     """Correspondence maps from a store (by name) or from a model (structure path)."""
 
-    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any, write_back: bool) -> None:
+    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any) -> None:
         self.store_path, self.reader, self.model = store, None, None
         if store is not None:
             from coordgan_cli.io.store import StoreReader
 
             if not Path(store).is_file():
                 raise UserError(f"{store}: --store file not found")
-            self.reader = StoreReader(store, mode="r+" if write_back else "r")
+            self.reader = StoreReader(store)  # read-only: the store is an input, shared by other readers
         else:
             from coordgan_cli.inference import load_correspondence_model
 
@@ -179,8 +179,8 @@ class MapSource:
 class CoordinatesMatcher(MatcherBase):
     """Vote in canonical-coordinate space (``correspondence.vote``) on maps from a store or a model.
 
-    store: a correspondence store holding queries and references by relative name (labels and
-    confidence are written back into it when ``write_back``); else ckpt: an encoder checkpoint.
+    store: a correspondence store holding queries and references by relative name (opened
+    read-only); else ckpt: an encoder checkpoint, run on ``device``.
     mode: soft (τ-weighted vote) | hard (nearest); tau: None = 0.01 × 128 / S for references of
     side S. ``label`` gives the exact vote; ``predict_proba`` the class shares (refined to
     ``ENSEMBLE_TOL``), whose argmax can differ from the exact labels at near ties.
@@ -189,13 +189,13 @@ class CoordinatesMatcher(MatcherBase):
     name = "coordinates"
 
     def __init__(self, *, store: Optional[Path] = None, ckpt: Optional[Path] = None, device: Any = None,
-                 mode: str = "soft", tau: Optional[float] = None, write_back: Optional[bool] = None) -> None:
+                 mode: str = "soft", tau: Optional[float] = None) -> None:
         if mode not in ("soft", "hard"):
             raise UserError(f"--mode must be soft or hard, got {mode!r}")
         if tau is not None and not tau > 0:
             raise UserError(f"--tau must be positive, got {tau}")
         self.store, self.ckpt, self.mode, self.tau = store, ckpt, mode, tau
-        self.source = MapSource(store, ckpt, device or "cpu", store is not None if write_back is None else write_back)
+        self.source = MapSource(store, ckpt, device or "cpu")
         self.reference_maps: list[np.ndarray] = []
         self.prepared: list[Any] = []
 
@@ -246,17 +246,13 @@ class CoordinatesMatcher(MatcherBase):
     def settings(self) -> dict[str, Any]:
         return {"matcher": self.name, "mode": self.mode, "tau": self.tau, "maps": self.maps_setting()}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        """Labels and confidence into the query's store row; a note when the sizes differ."""
-        reader, size = self.source.reader, labels.shape
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        """(the query's name in the store, the store's map size (H, W), the store) when its maps
+        came from a store, else None."""
+        reader = self.source.reader
         if reader is None or prediction.store_row is None:
             return None
-        if tuple(reader.size) != tuple(size):
-            return (f"store maps are {reader.size[1]}×{reader.size[0]}, labels {size[1]}×{size[0]}: "
-                    "labels/confidence not written into the store")
-        reader.put("labels", prediction.store_row, labels)
-        reader.put("confidence", prediction.store_row, confidence.astype(np.float16))
-        return None
+        return reader.names[prediction.store_row], tuple(reader.size), Path(self.store)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.source.close()
@@ -322,8 +318,7 @@ class EnsembleMatcher(MatcherBase):
                  mode: str = "soft", tau: Optional[float] = None) -> None:
         if members is None:
             correlation = CorrelationMatcher(matcher_ckpt=matcher_ckpt, device=device)
-            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device if store is None else "cpu",
-                                             mode=mode, tau=tau)
+            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau)
             members = [coordinates, correlation]
         self.members = members
         self.maps = next((m for m in members if isinstance(m, CoordinatesMatcher)), None)
@@ -361,8 +356,8 @@ class EnsembleMatcher(MatcherBase):
             merged.update(getattr(member, "settings", lambda: {})())
         return {**merged, "matcher": self.name}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        return self.maps.write_back(prediction, labels, confidence) if self.maps is not None else None
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        return self.maps.store_entry(prediction) if self.maps is not None else None
 
     def close(self) -> None:
         for member in self.members:

@@ -1,9 +1,10 @@
 """Label a folder: stream the queries through a fitted matcher into files, resumably.
 
 Per query: read → ``matcher.label`` (or ``predict_proba``'s argmax) → ``--min-confidence`` → label PNG
-(palette), overlay, confidence picture, labels written back into a store when the matcher reads
-one, one ``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the
-COCO files and report.html are assembled from the records, in query order, with flat memory.
+(palette), overlay, confidence picture, the labels and confidence in ``OUT/labels.h5`` when the
+matcher read the query's maps from a store (the store itself is never written), one
+``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the COCO files
+and report.html are assembled from the records, in query order, with flat memory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from coordgan_cli.labelling.progress import (PROGRESS, append_record, light, loa
                                              write_coco_stream)
 from coordgan_cli.labelling.references import References
 
+LABELS_H5 = "labels.h5"
 Queries = Union[str, Path, Iterable[Union[str, Path]], "QueryList"]
 
 
@@ -113,6 +115,7 @@ class Propagator:
         started = time.perf_counter()
         queries = QueryList.read(queries)
         self.kp_category, self.kp_refs = None, []
+        self.labels_store = None
         if self.keypoints is not None:
             self._read_keypoints()
         try:
@@ -129,6 +132,8 @@ class Propagator:
             counts = self._label_all(queries, done, key)
         finally:
             getattr(self.matcher, "close", lambda: None)()
+            if self.labels_store is not None:
+                self.labels_store.close()
         for note in sorted(counts.pop("notes")):
             self.info(f"note: {note}")
         return self._assemble(queries, done, counts, started)
@@ -179,7 +184,7 @@ class Propagator:
         if self.min_confidence is not None:
             lab = np.where(conf < self.min_confidence, IGNORE, lab).astype(np.uint8)
         self._write_pictures(output_stem(name), image, lab, conf)
-        note = getattr(self.matcher, "write_back", lambda *a: None)(prediction, lab, conf)
+        note = self._store_labels(prediction, lab, conf)
         if note:
             notes.add(note)
         size = image.shape[:2]
@@ -192,6 +197,23 @@ class Propagator:
         if self.kp_category is not None:
             record["keypoints"] = [self._keypoints(prediction, index + 1)]
         return record
+
+    def _store_labels(self, prediction: Prediction, lab: np.ndarray, conf: np.ndarray) -> Optional[str]:
+        """Labels and confidence of a query whose maps came from a store into OUT/labels.h5 (rows
+        named as in the store); a note when the labels are not at the store's size."""
+        entry = getattr(self.matcher, "store_entry", lambda p: None)(prediction)
+        if entry is None:
+            return None
+        name, size, store = entry
+        if tuple(lab.shape) != tuple(size):
+            return (f"store maps are {size[1]}×{size[0]}, labels {lab.shape[1]}×{lab.shape[0]}: "
+                    f"those labels/confidence are not in {LABELS_H5}")
+        if self.labels_store is None:
+            from coordgan_cli.io.store import LabelsWriter
+
+            self.labels_store = LabelsWriter(self.out / LABELS_H5, size=size, store=Path(store).resolve())
+        self.labels_store.put(name, lab, conf)
+        return None
 
     def _write_pictures(self, stem: str, image: np.ndarray, lab: np.ndarray, conf: np.ndarray) -> None:
         from coordgan_cli.io.images import write_image
@@ -230,6 +252,8 @@ class Propagator:
             write_coco_stream(out / "keypoints.json", out / PROGRESS, offsets, [self.kp_category], "keypoints",
                               "coordgan propagate keypoints")
             outputs["keypoints"] = str(out / "keypoints.json")
+        if (out / LABELS_H5).is_file():
+            outputs["labels_h5"] = str(out / LABELS_H5)
         mean_conf = float(np.mean([done[n]["mean_confidence"] for n in finished])) if finished else None
         self._report(queries, done, finished, mean_conf)
         summary = {
