@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -64,6 +64,9 @@ class MatcherBase:
 
     name = "matcher"
     references: Optional[References] = None
+    # Progress over fit's per-reference work, ``track(items, total) -> items`` (the Propagator sets
+    # it when asked to show progress); a matcher with slow per-reference work iterates through it.
+    track_references: Callable[[Iterable[Any], int], Iterable[Any]] = staticmethod(lambda items, total: items)
 
     def fit(self, references: References) -> None:
         self.references = references
@@ -207,8 +210,8 @@ class CoordinatesMatcher(MatcherBase):
             self.tau = resolution_tau(references.side)
         self.reference_maps = []
         points = []
-        for image, mask, path, candidates in zip(references.images, references.masks, references.paths,
-                                                 references.store_names):
+        items = list(zip(references.images, references.masks, references.paths, references.store_names))
+        for image, mask, path, candidates in self.track_references(items, len(items)):
             what = f"reference {path.name if path is not None else candidates[0]}"
             cmap, valid, _ = self.source.maps(image, candidates, image.shape[:2], what)
             self.reference_maps.append(cmap)
@@ -285,8 +288,10 @@ class CorrelationMatcher(MatcherBase):
         from coordgan_cli.correspondence.correlation import prepare_correlation_references
 
         self.references = references
+        pairs = list(zip(references.images, references.masks))
+        # Iterated once, so the progress advances as each reference's features are computed.
         self.prepared = prepare_correlation_references(
-            list(zip(references.images, references.masks)), self.network, references.num_classes,
+            self.track_references(pairs, len(pairs)), self.network, references.num_classes,  # type: ignore[arg-type]
             device=self.device, patch=self.config.patch)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -330,6 +335,8 @@ class EnsembleMatcher(MatcherBase):
     def fit(self, references: References) -> None:
         self.references = references
         for member in self.members:
+            if hasattr(member, "track_references"):
+                member.track_references = self.track_references  # type: ignore[union-attr]
             member.fit(references)
 
     def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:

@@ -86,7 +86,8 @@ class Propagator:
     correspondence maps (``reference_maps``) into OUT/keypoints.json; settings: defaults for what
     the resume key and summary record (``mode``, ``tau``), below the matcher's own ``settings()``;
     score(out, finished names) → {label: text} for the report's summary line; info / warn / track:
-    diagnostics and a progress wrapper ``track(items, total)``. ``run`` fits the matcher on the
+    diagnostics and a progress wrapper ``track(items, total)`` over the queries; track_references:
+    one over the matcher's per-reference work in ``fit`` (set as its ``track_references``). ``run`` fits the matcher on the
     references and closes it (``close()``, e.g. a store) when the queries are done.
     """
 
@@ -96,7 +97,8 @@ class Propagator:
                  settings: Optional[dict[str, Any]] = None,
                  score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
                  info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
-                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress) -> None:
+                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress,
+                 track_references: Optional[Callable[[Iterable[Any], int], Iterable[Any]]] = None) -> None:
         from coordgan_cli.correspondence.vote import resolution_tau
 
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -104,7 +106,9 @@ class Propagator:
         self.references, self.matcher, self.out = references, matcher, Path(out)
         self.min_confidence, self.polygons, self.keypoints = min_confidence, polygons, keypoints
         self.report_limit, self.report_title, self.score = report_limit, report_title, score
-        self.info, self.warn, self.track = info, warn, track
+        self.info, self.warn, self.track, self.track_references = info, warn, track, track_references
+        if report_limit < 0:
+            raise UserError(f"--report-limit must be 0 (no picture rows) or more, got {report_limit}")
         self.defaults = {"mode": "soft", "tau": resolution_tau(references.side), "maps": None,
                          "matcher_sha256": None, **(settings or {})}
 
@@ -119,6 +123,8 @@ class Propagator:
         if self.keypoints is not None:
             self._read_keypoints()
         try:
+            if self.track_references is not None and hasattr(self.matcher, "track_references"):
+                self.matcher.track_references = self.track_references  # type: ignore[union-attr]
             self.matcher.fit(self.references)
             self.settings = {**self.defaults, **getattr(self.matcher, "settings", lambda: {"matcher": self.matcher.name})()}
             key = settings_key({
@@ -291,6 +297,7 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
                  score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
                  info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
                  track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress,
+                 track_references: Optional[Callable[[Iterable[Any], int], Iterable[Any]]] = None,
                  **matcher_options: Any) -> dict[str, Any]:
     """Label ``queries`` (a folder, a text file of paths, '-', or a list of paths) from
     ``references`` into ``out`` — labels/ (palette PNGs), labels.json, annotations.json (COCO),
@@ -303,7 +310,8 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
         raise TypeError(f"matcher options {sorted(matcher_options)} given with a matcher object")
     propagator = Propagator(references, matcher, out, min_confidence=min_confidence, polygons=polygons,
                             keypoints=keypoints, report_limit=report_limit, report_title=report_title,
-                            settings=settings, score=score, info=info, warn=warn, track=track)
+                            settings=settings, score=score, info=info, warn=warn, track=track,
+                            track_references=track_references)
     return propagator.run(queries)
 
 
