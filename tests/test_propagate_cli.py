@@ -199,3 +199,92 @@ def test_bad_inputs(dataset: Path, tmp_path: Path) -> None:
     r = _run(*base, "--ref", dataset / "images/a.png", "--ref", dataset / "images/b.png", "--mask",
              dataset / "masks/a.png")
     assert r.exit_code == 2 and "--mask" in r.stderr
+
+
+def test_a_read_only_store_shared_by_other_readers_is_never_written(dataset: Path, tmp_path: Path) -> None:
+    """The store is an input: opened read-only, so a read-only file works, another process may hold
+    it open at the same time (HDF5 file locks refused a writer then), two runs may read it at once,
+    and its bytes never change."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from coordgan_cli.labelling import References, label_folder
+
+    store = dataset / "maps.h5"
+    store.chmod(0o444)
+    before = _sha256(store)
+    hold = ("import sys, h5py\nf = h5py.File(sys.argv[1], 'r')\nprint('open', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        summaries: dict[str, dict] = {}
+
+        def run(name: str) -> None:
+            refs = References.from_pairs([(dataset / "images/a.png", dataset / "masks/a.png")],
+                                         root=dataset / "images")
+            summaries[name] = label_folder(refs, dataset / "images", tmp_path / name, "coordinates", store=store)
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in ("one", "two")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result = _run("--store", store, "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",
+                      "--queries", dataset / "images", "--out", tmp_path / "cli", "--json")
+        assert result.exit_code == 0, result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert sorted(summaries) == ["one", "two"] and all(s["count"] == 4 for s in summaries.values())
+    for name in ("a.png", "b.png", "sub/c.png", "d.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "one" / "labels" / name),
+                                      read_mask(tmp_path / "two" / "labels" / name))
+        np.testing.assert_array_equal(read_mask(tmp_path / "one" / "labels" / name),
+                                      read_mask(tmp_path / "cli" / "labels" / name))
+    assert _sha256(store) == before
+
+
+def test_duplicate_reference_pairs_are_used_once(dataset: Path, tmp_path: Path) -> None:
+    a = ["--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png"]
+    base = ["--store", dataset / "maps.h5", "--queries", dataset / "images", "--json"]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("images/a.png masks/a.png\n")
+    (tmp_path / "images").symlink_to(dataset / "images")
+    (tmp_path / "masks").symlink_to(dataset / "masks")
+    once = _summary(_run(*base, *a, "--out", tmp_path / "once"))
+    result = CliRunner().invoke(app, ["propagate", *map(str, [*base, *a, *a, "--refs", pairs, "--out",
+                                                               tmp_path / "thrice"])])
+    twice = _summary(result)
+    assert result.stderr.count("is given twice: using it once") == 2
+    assert twice["count"] == once["count"] == 4
+    for name in ("a.png", "b.png", "sub/c.png", "d.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "once" / "labels" / name),
+                                      read_mask(tmp_path / "thrice" / "labels" / name))
+    # The same image with another mask is another reference, kept.
+    other = CliRunner().invoke(app, ["propagate", *map(str, [*base, *a, "--ref", dataset / "images/a.png", "--mask",
+                                                              dataset / "masks/b.png", "--out", tmp_path / "two"])])
+    assert other.exit_code == 0 and "given twice" not in other.stderr
+
+
+def test_report_limit_zero_keeps_only_the_summary(dataset: Path, tmp_path: Path) -> None:
+    summary = _summary(_run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask",
+                            dataset / "masks/a.png", "--queries", dataset / "images", "--out", tmp_path / "o",
+                            "--report-limit", "0", "--json"))
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert summary["count"] == 4 and page.count("<tr>") == 1 and "data:image/jpeg;base64," not in page
+
+
+def test_device_is_resolved_with_a_store(dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    args = ["propagate", "--store", str(dataset / "maps.h5"), "--ref", str(dataset / "images/a.png"), "--mask",
+            str(dataset / "masks/a.png"), "--queries", str(dataset / "images"), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, ["--device", "cuda", *args])
+    if torch.cuda.is_available():
+        assert result.exit_code == 0 and "maps come from --store" in result.stderr, result.output
+    else:
+        assert result.exit_code == 2 and "no CUDA device" in result.stderr
+        assert not (tmp_path / "o").exists()
