@@ -265,3 +265,24 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     atomic.atomic_write_text(tmp_path / "a.txt", "x")
     (tmp_path / "b.txt").write_text("x")
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
+
+
+def test_a_store_open_for_writing_elsewhere_is_named_as_such(tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "maps.h5"
+    with store.StoreWriter(path, size=(5, 6), source="model") as w:
+        w.append("a.png", _rows(1)[0][1])
+    hold = "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\nprint('open', flush=True)\nsys.stdin.read()\n"
+    writer = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(UserError, match="maps.h5: another program is writing this store"):
+            store.StoreReader(path)
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    with store.StoreReader(path) as r:  # and once it is done, the store reads
+        assert r.names == ["a.png"]

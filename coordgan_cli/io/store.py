@@ -221,6 +221,9 @@ def _check_layout(path: Path) -> None:
             if missing:
                 raise UserError(f"{path}: malformed store, missing {', '.join(missing)}")
     except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise UserError(f"{path}: another program is writing this store (HDF5 file lock); wait until it "
+                            "finishes, or read a copy") from exc
         raise UserError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
