@@ -285,8 +285,8 @@ CASES: list[tuple[str, Args, object]] = [
     ("propagate-out-under-a-file", lambda fx, t: _propagate(fx, t, out=fx.afile / "o"), lambda fx, t: str(fx.afile)),
     ("propagate-correlation-out-is-a-file", lambda fx, t: _correlation(fx, t, out=fx.afile),
      lambda fx, t: str(fx.afile)),
-    ("propagate-fails-in-new-nested-folders", lambda fx, t: _propagate(fx, t, out=t / "a" / "b" / "o",
-                                                                       queries=t / "nowhere"), "nowhere"),
+    ("propagate-fails-in-new-nested-folders", lambda fx, t: _propagate(fx, t, out=t / "a" / "b" / "o", ref=fx.bomb),
+     lambda fx, t: str(fx.bomb)),
     *[(f"propagate-reference-{kind}", (lambda k: lambda fx, t: _propagate(fx, t, ref=getattr(fx, k)))(kind),
        (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
     *[(f"propagate-correlation-reference-{kind}", (lambda k: lambda fx, t: _correlation(fx, t, ref=getattr(fx, k)))(

@@ -88,7 +88,9 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
     """``coordgan propagate`` with its options as keywords: checks, references, matcher, one
     ``label_folder`` call; returns the JSON summary (options: min_confidence, polygons, report_limit).
     A new ``out`` folder is removed again when the run fails before any query is labelled."""
+    from coordgan_cli.correspondence.vote import resolution_tau
     from coordgan_cli.io.paths import output_folder, removed_on_failure
+    from coordgan_cli.labelling import QueryList, label_folder, make_matcher
 
     if mode not in ("soft", "hard"):
         raise UserError(f"--mode must be soft or hard, got {mode!r}")
@@ -101,21 +103,6 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
         raise UserError(f"--report-limit must be 0 (no picture rows) or more, got {options['report_limit']}")
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
     device = state.torch_device()  # resolved (or refused) before any work, whatever uses it
-    with removed_on_failure(out, lambda: any((Path(out) / "labels").rglob("*.png"))):
-        output_folder(out)
-        summary = _propagate(state, queries, out, ref, mask, refs, ref_coco, labels_path, resize_mask, matcher, ckpt,
-                             model, store, matcher_ckpt, mode, tau, ref_keypoints, device, options)
-    return summary
-
-
-def _propagate(state: AppState, queries: str, out: Path, ref: list[Path], mask: list[Path], refs: Optional[Path],
-               ref_coco: Optional[Path], labels_path: Optional[Path], resize_mask: bool, matcher: str,
-               ckpt: Optional[Path], model: Optional[str], store: Optional[Path], matcher_ckpt: Optional[Path],
-               mode: str, tau: Optional[float], ref_keypoints: Optional[Path], device: Any,
-               options: dict[str, Any]) -> dict[str, Any]:
-    from coordgan_cli.correspondence.vote import resolution_tau
-    from coordgan_cli.labelling import QueryList, label_folder, make_matcher
-
     uses_maps = matcher in ("coordinates", "ensemble")  # these vote on correspondence maps
     if uses_maps and store is None:
         ckpt = _resolve_map_model(ckpt, model, state)
@@ -125,26 +112,30 @@ def _propagate(state: AppState, queries: str, out: Path, ref: list[Path], mask: 
 
         raise UserError(f"{queries}: no images to label (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, "
                         "in subfolders too)")
-    references = _references(state, query_list.root, ref, mask, refs, ref_coco, labels_path, resize_mask)
-    if tau is None:
-        tau = resolution_tau(references.side)
-        if uses_maps and mode == "soft":
-            info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
-    if store is not None and matcher == "coordinates" and device.type != "cpu":
-        info(f"--device {device}: unused, the maps come from --store and the coordinate vote runs on the CPU", state)
-    found = {"coordinates": dict(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau),
-             "correlation": dict(matcher_ckpt=matcher_ckpt, device=device),
-             "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode, tau=tau)}
-    # A registered matcher of another name gets the device and, when given, --matcher-ckpt.
-    other = dict(device=device, **({"matcher_ckpt": matcher_ckpt} if matcher_ckpt is not None else {}))
-    summary = label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
-                           keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
-                           info=lambda m: info(m, state), warn=warn,
-                           track=lambda items, total: track(items, total, "propagate", state, unit="img"),
-                           track_references=lambda items, total: track(items, total, "references", state,
-                                                                       unit="img"), **options)
-    if summary["count"] == 0 and summary["skipped"]:
-        raise nothing_labelled(query_list, summary["skipped"])
+    with removed_on_failure(out, lambda: any((Path(out) / "labels").rglob("*.png"))):
+        output_folder(out)
+        references = _references(state, query_list.root, ref, mask, refs, ref_coco, labels_path, resize_mask)
+        if tau is None:
+            tau = resolution_tau(references.side)
+            if uses_maps and mode == "soft":
+                info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
+        if store is not None and matcher == "coordinates" and device.type != "cpu":
+            info(f"--device {device}: unused, the maps come from --store and the coordinate vote runs on the CPU",
+                 state)
+        found = {"coordinates": dict(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau),
+                 "correlation": dict(matcher_ckpt=matcher_ckpt, device=device),
+                 "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode,
+                                  tau=tau)}
+        # A registered matcher of another name gets the device and, when given, --matcher-ckpt.
+        other = dict(device=device, **({"matcher_ckpt": matcher_ckpt} if matcher_ckpt is not None else {}))
+        summary = label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
+                               keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
+                               info=lambda m: info(m, state), warn=warn,
+                               track=lambda items, total: track(items, total, "propagate", state, unit="img"),
+                               track_references=lambda items, total: track(items, total, "references", state,
+                                                                           unit="img"), **options)
+        if summary["count"] == 0 and summary["skipped"]:
+            raise nothing_labelled(query_list, summary["skipped"])
     return summary
 
 
