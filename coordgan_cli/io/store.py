@@ -1,6 +1,6 @@
 """The HDF5 correspondence store — one layout shared by synth, invert, propagate and evaluate.
 
-Layout version 1 (DESIGN §5; extra datasets are allowed):
+Layout version 1 (README "File formats"; extra datasets are allowed):
 
 - file attributes: ``format`` = "coordgan.correspondence", ``version`` = 1, ``size`` = [H, W],
   ``source`` = "ground-truth" | "model", ``complete`` = number of finished rows, and for model
