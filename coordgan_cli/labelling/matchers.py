@@ -252,7 +252,7 @@ class CoordinatesMatcher(MatcherBase):
     def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
         """(the query's name in the store, the store's map size (H, W), the store) when its maps
         came from a store, else None."""
-        reader = self.source.reader
+        reader = getattr(self.source, "reader", None)
         if reader is None or prediction.store_row is None:
             return None
         return reader.names[prediction.store_row], tuple(reader.size), Path(self.store)  # type: ignore[return-value]
