@@ -52,6 +52,22 @@ def test_slow_work_shows_seconds_per_item_and_a_line_every_interval(capsys):
     assert lines[-1].endswith("loss 0.20")
 
 
+def test_a_task_may_count_in_its_own_unit(capsys):
+    clock = Clock()
+    progress = PlainProgress(unit="img", clock=clock)
+    with progress:
+        images = progress.add_task("evaluate (paper)", total=4, rate="")
+        pairs = progress.add_task("swap pairs", total=2, rate="", unit="pair")
+        for _ in range(4):
+            clock.now += 2.0
+            progress.update(images, advance=1)
+        clock.now += 1.0
+        progress.update(pairs, advance=2)
+    lines = _lines(progress, capsys)
+    assert lines[-2] == "[evaluate (paper)] 4/4 img (100 %), 2.0 s/img, elapsed 8 s"
+    assert lines[-1] == "[swap pairs] 2/2 pair (100 %), 4.5 s/pair, elapsed 9 s"
+
+
 def test_unknown_total_and_resumed_start(capsys):
     clock = Clock()
     progress = PlainProgress(unit="img", clock=clock, every_s=10)
