@@ -20,24 +20,11 @@ import typer
 
 from coordgan_cli.cli._common import get_state, info, print_json, track
 from coordgan_cli.errors import UserError
+from coordgan_cli.evaluation.scoring import score_labels  # noqa: F401  (scored here; importable from here too)
 
 CATEGORY = "faces"
 DIFFICULTY = "medium"
 DEMO_JSON = "demo.json"
-
-
-def score_labels(out: Path, data: Path, names: list[str], reference_mask, num_classes: int):
-    """(model IoUResult, identity IoUResult) of the label PNGs ``out/labels/<name>`` against the
-    true masks ``data/masks/<file name>``; identity scores ``reference_mask`` against each of them."""
-    from coordgan_cli.io.masks import read_mask
-    from coordgan_cli.metrics.iou import IoUAccumulator, summarize
-
-    model, identity = IoUAccumulator(num_classes), IoUAccumulator(num_classes)
-    for name in names:
-        truth = read_mask(data / "masks" / Path(name).name)
-        model.update(read_mask(out / "labels" / Path(name).with_suffix(".png")), truth)
-        identity.update(reference_mask, truth)
-    return summarize({"model": model}, num_classes), summarize({"identity": identity}, num_classes)
 
 
 def demo_command(

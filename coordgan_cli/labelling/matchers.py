@@ -13,7 +13,9 @@ asked about one query at a time. The contract (``Matcher``) is small:
 ``MatcherBase`` gives ``predict`` (and the richer ``label``) from ``predict_proba``. Optional hooks
 the ``Propagator`` uses when present: ``label(image, *, name) -> Prediction`` (labels computed
 otherwise than as the argmax of the probabilities, e.g. the exact coordinate vote, plus the query's
-correspondence map for keypoints), ``settings()`` (what the resume key records), ``reference_maps``
+correspondence map for keypoints; an ``only`` (H, W) bool mask, when given, names the pixels whose
+labels the caller will look at — evaluation passes the scored pixels — and a matcher may leave the
+others background), ``settings()`` (what the resume key records), ``reference_maps``
 (keypoint transfer), ``store_entry(prediction)`` (the query's store name and map size, for
 ``OUT/labels.h5``) and ``close()``. Stores are opened read-only: a matcher never writes its inputs.
 
@@ -74,7 +76,8 @@ class MatcherBase:
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         probs, confidence = self.predict_proba(image, name=name)
         classes = np.asarray(self._fitted().classes)
         return Prediction(classes[probs.argmax(axis=0)].astype(np.uint8), confidence.astype(np.float32), probs)
@@ -95,6 +98,13 @@ class MatcherBase:
         return self.references
 
 
+def restrict(valid: Optional[np.ndarray], only: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The pixels to vote on: the map's valid pixels that the caller asks about (either may be None)."""
+    if only is None or valid is None:
+        return valid if only is None else only
+    return valid & only
+
+
 def winning_share(probs: np.ndarray) -> np.ndarray:
     """Confidence of a (K, H, W) distribution: the winning class's share, in [0, 1]."""
     return np.clip(probs.max(axis=0), 0.0, 1.0).astype(np.float32)
@@ -113,6 +123,11 @@ def register_matcher(name: str, factory: Callable[..., Matcher]) -> None:
 
 def available_matchers() -> list[str]:
     return list(_FACTORIES)
+
+
+def matcher_factory(name: str) -> Callable[..., Matcher]:
+    """The factory registered under ``name`` (KeyError when none is)."""
+    return _FACTORIES[name]
 
 
 def make_matcher(name: str, **options: Any) -> Matcher:
@@ -162,9 +177,10 @@ class MapSource:
         raise UserError(f"{self.store_path}: {what} is not in the store (looked for "
                         f"{' or '.join(repr(c) for c in dict.fromkeys(candidates))})")
 
-    def maps(self, image: np.ndarray, candidates: list[str], size: tuple[int, int], what: str
+    def maps(self, image: np.ndarray, candidates: list[str], size: tuple[int, int], what: str, *, query: bool = False
              ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
-        """(map (2, H, W) at ``size``, valid (H, W) | None, store row | None)."""
+        """(map (2, H, W) at ``size``, valid (H, W) | None, store row | None); ``query``: asked for a
+        query (True) or a reference (False) — the same here."""
         if self.reader is not None:
             row = self.reader.index(self.store_name(candidates, what))
             cmap = resample_map(self.reader.correspondence(row), size)
@@ -183,7 +199,9 @@ class CoordinatesMatcher(MatcherBase):
     """Vote in canonical-coordinate space (``correspondence.vote``) on maps from a store or a model.
 
     store: a correspondence store holding queries and references by relative name (opened
-    read-only); else ckpt: an encoder checkpoint, run on ``device``.
+    read-only); else ckpt: an encoder checkpoint, run on ``device``; or maps: any object with
+    ``MapSource``'s ``maps(image, candidates, size, what, *, query)`` and ``close()`` (``coordgan
+    evaluate`` gives the benchmark's maps this way).
     mode: soft (τ-weighted vote) | hard (nearest); tau: None = 0.01 × 128 / S for references of
     side S. ``label`` gives the exact vote; ``predict_proba`` the class shares (refined to
     ``ENSEMBLE_TOL``), whose argmax can differ from the exact labels at near ties.
@@ -192,13 +210,13 @@ class CoordinatesMatcher(MatcherBase):
     name = "coordinates"
 
     def __init__(self, *, store: Optional[Path] = None, ckpt: Optional[Path] = None, device: Any = None,
-                 mode: str = "soft", tau: Optional[float] = None) -> None:
+                 mode: str = "soft", tau: Optional[float] = None, maps: Any = None) -> None:
         if mode not in ("soft", "hard"):
             raise UserError(f"--mode must be soft or hard, got {mode!r}")
         if tau is not None and not tau > 0:
             raise UserError(f"--tau must be positive, got {tau}")
         self.store, self.ckpt, self.mode, self.tau = store, ckpt, mode, tau
-        self.source = MapSource(store, ckpt, device or "cpu")
+        self.source = maps if maps is not None else MapSource(store, ckpt, device or "cpu")
         self.reference_maps: list[np.ndarray] = []
         self.prepared: list[Any] = []
 
@@ -219,9 +237,10 @@ class CoordinatesMatcher(MatcherBase):
         self.prepared = prepare_references(points, references.num_classes, self.tau)
 
     def query_maps(self, image: np.ndarray, name: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
-        if self.source.reader is not None and name is None:
+        if getattr(self.source, "reader", None) is not None and name is None:
             raise UserError(f"{self.store}: maps come from the store, so the query needs its name (name=...)")
-        return self.source.maps(image, name_candidates(name) if name else [], image.shape[:2], f"query {name}")
+        return self.source.maps(image, name_candidates(name) if name else [], image.shape[:2], f"query {name}",
+                                query=True)
 
     def proba_from_map(self, cmap: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
         from coordgan_cli.correspondence.ensemble import coordinate_probabilities
@@ -235,15 +254,18 @@ class CoordinatesMatcher(MatcherBase):
         probs = self.proba_from_map(cmap, valid)
         return probs, winning_share(probs)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.vote import propagate_map
 
         cmap, valid, row = self.query_maps(image, name)
-        labels, confidence, _ = propagate_map(cmap, self.prepared, self._fitted().num_classes, query_valid=valid,
-                                              tau=self.tau, mode=self.mode)
+        labels, confidence, _ = propagate_map(cmap, self.prepared, self._fitted().num_classes,
+                                              query_valid=restrict(valid, only), tau=self.tau, mode=self.mode)
         return Prediction(labels, confidence, None, cmap, valid, row)
 
     def maps_setting(self) -> str:
+        if self.store is None and self.ckpt is None:
+            return str(getattr(self.source, "label", "maps given"))
         return str(Path(self.store).resolve()) if self.store is not None else str(Path(self.ckpt).resolve())
 
     def settings(self) -> dict[str, Any]:
@@ -347,7 +369,8 @@ class EnsembleMatcher(MatcherBase):
                 member.track_references = self.track_references  # type: ignore[union-attr]
             member.fit(references)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.ensemble import fuse_probabilities
 
         self._fitted()
@@ -355,7 +378,7 @@ class EnsembleMatcher(MatcherBase):
         for member in self.members:
             if member is self.maps:
                 cmap, valid, row = member.query_maps(image, name)
-                probs.append(member.proba_from_map(cmap, valid))
+                probs.append(member.proba_from_map(cmap, restrict(valid, only)))
             else:
                 probs.append(member.predict_proba(image, name=name)[0])
         labels, confidence, mean = fuse_probabilities(*probs)
