@@ -172,6 +172,26 @@ def _other_size_mask(fx: Fx, tmp: Path) -> Path:
     return tmp / "big_mask.png"
 
 
+def _synth_copy(fx: Fx, tmp: Path, **replace: Path) -> Path:
+    """A copy of the synthetic set beside ``fx.store`` with files replaced: {"images/000001.png": bad}
+    (given as images__000001_png=bad)."""
+    copy = tmp / "set"
+    shutil.copytree(fx.store.parent, copy)
+    for key, bad in replace.items():
+        folder, name = key.split("__")
+        shutil.copy(bad, copy / folder / name.replace("_png", ".png"))
+    return copy
+
+
+def _evaluate(fx: Fx, tmp: Path, *extra: str, root: Path | None = None, store: Path | None | bool = True,
+              correlation: bool = False) -> list[str]:
+    """``evaluate`` on the synthetic set beside ``fx.store`` (1 reference, 1 query), maps from the store."""
+    args = ["evaluate", "--dataset", "synthetic", "--root", str(root or fx.store.parent)]
+    if store is not False:
+        args += ["--store", str(fx.store if store is True else store)]
+    return [*args, *([] if correlation else ["--no-correlation"]), *extra]
+
+
 def _demo(fx: Fx, tmp: Path, out: Path, *extra: str) -> list[str]:
     return ["demo", str(out), "--count", "1", "--size", "16", "--matcher", "correlation", *extra]
 
@@ -345,6 +365,43 @@ CASES: list[tuple[str, Args, object]] = [
     ("propagate-existing-out-other-settings", lambda fx, t: _propagate(
         fx, t, "--mode", "hard", out=_file(_folder(t / "o") / "progress.jsonl", '{"settings": "other"}\n').parent),
      "progress.jsonl"),
+    # --- evaluate ------------------------------------------------------------------------------
+    ("evaluate-out-is-a-file", lambda fx, t: _evaluate(fx, t, "--out", str(fx.afile)),
+     lambda fx, t: f"{fx.afile}: exists and is a file"),
+    ("evaluate-out-under-a-file", lambda fx, t: _evaluate(fx, t, "--out", str(fx.afile / "results")),
+     lambda fx, t: f"{fx.afile / 'results'}: cannot write here"),
+    ("evaluate-fails-in-new-nested-folders", lambda fx, t: _evaluate(fx, t, "--out", str(t / "a" / "b" / "results"),
+                                                                     store=fx.random_pt),
+     lambda fx, t: str(fx.random_pt)),
+    *[(f"evaluate-query-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, images__000001_png=getattr(fx, k))))(kind), "000001.png") for kind in BROKEN],
+    *[(f"evaluate-reference-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, images__000000_png=getattr(fx, k))))(kind), "000000.png") for kind in BROKEN],
+    *[(f"evaluate-mask-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, masks__000001_png=getattr(fx, k))))(kind), "000001.png") for kind in BROKEN],
+    ("evaluate-correlation-query-bomb", lambda fx, t: _evaluate(
+        fx, t, "--matcher-ckpt", str(fx.matcher), root=_synth_copy(fx, t, images__000001_png=fx.bomb),
+        correlation=True), "000001.png"),
+    ("evaluate-store-random-bytes", lambda fx, t: _evaluate(fx, t, store=fx.random_pt),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-store-zero-bytes", lambda fx, t: _evaluate(fx, t, store=fx.zero_pt), lambda fx, t: str(fx.zero_pt)),
+    ("evaluate-store-missing", lambda fx, t: _evaluate(fx, t, store=t / "none.h5"), "none.h5"),
+    ("evaluate-matcher-ckpt-random-bytes", lambda fx, t: _evaluate(fx, t, "--matcher-ckpt", str(fx.random_pt),
+                                                                   correlation=True),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-matcher-ckpt-is-a-generator", lambda fx, t: _evaluate(fx, t, "--matcher-ckpt", str(fx.gen),
+                                                                     correlation=True), lambda fx, t: str(fx.gen)),
+    ("evaluate-ckpt-random-bytes", lambda fx, t: _evaluate(fx, t, "--ckpt", str(fx.random_pt), store=False),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-empty-query-folder", lambda fx, t: _evaluate(
+        fx, t, root=_file(_folder(_folder(_folder(t / "s") / "images").parent / "masks").parent / "labels.json",
+                          (fx.store.parent / "labels.json").read_text()).parent), "no images"),
+    ("evaluate-no-queries-left", lambda fx, t: _evaluate(fx, t, "--refs", "000000.png,000001.png"), "no query"),
+    ("evaluate-root-missing", lambda fx, t: _evaluate(fx, t, root=t / "nowhere"), "nowhere"),
+    ("evaluate-queries-zero", lambda fx, t: _evaluate(fx, t, "--queries", "0"), "--queries"),
+    ("evaluate-bad-dataset", lambda fx, t: ["evaluate", "--dataset", "pets", "--root", str(fx.store.parent)],
+     "--dataset"),
+    ("evaluate-bad-device", lambda fx, t: ["--device", "tpu", *_evaluate(fx, t)], "--device"),
     # --- demo ----------------------------------------------------------------------------------
     ("demo-out-is-a-file", lambda fx, t: _demo(fx, t, fx.afile), lambda fx, t: str(fx.afile)),
     ("demo-out-under-a-file", lambda fx, t: _demo(fx, t, fx.afile / "demo"), lambda fx, t: str(fx.afile)),
@@ -367,6 +424,8 @@ READONLY_CASES: list[tuple[str, Args, object]] = [
     ("propagate-out-read-only", lambda fx, t: _propagate(fx, t, out=fx.readonly / "o"),
      lambda fx, t: str(fx.readonly)),
     ("demo-out-read-only", lambda fx, t: _demo(fx, t, fx.readonly / "demo"), lambda fx, t: str(fx.readonly)),
+    ("evaluate-out-read-only", lambda fx, t: _evaluate(fx, t, "--out", str(fx.readonly / "results")),
+     lambda fx, t: f"{fx.readonly / 'results'}: cannot write here"),
 ]
 
 

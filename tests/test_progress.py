@@ -111,3 +111,13 @@ def test_training_reports_progress_lines_in_a_pipe(tmp_path):
     assert result.exit_code == 0, result.output
     # Whole words, never a bar cut to "tr… 1…": the final line carries the count and the losses.
     assert re.search(r"^\[train\] 4/4 step \(100 %\), .*, D [0-9.]+ +G [0-9.]+", result.stderr, re.M), result.stderr
+
+
+def test_evaluate_reports_progress_in_images_in_a_pipe(tmp_path):
+    synth = tmp_path / "s"
+    assert runner.invoke(app, ["--quiet", "synth", str(synth), "--category", "faces", "--count", "3", "--size",
+                               "16"]).exit_code == 0
+    result = runner.invoke(app, ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(synth),
+                                 "--store", str(synth / "correspondence.h5"), "--no-correlation"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^\[evaluate \(paper\)\] 1/1 img \(100 %\), .*img/s", result.stderr, re.M), result.stderr
