@@ -5,7 +5,7 @@ report out (table, ``--json``, ``--out`` files)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -20,14 +20,19 @@ def _names(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+# What a progress task counts, when not images (the queries, FID images, reconstructions).
+UNITS = {"swap pairs": "pair"}
+
+
 def _bars(state):
-    """``evaluation.core.Bars`` on the command's Rich progress display."""
+    """``evaluation.core.Bars`` on the command's progress display (a Rich bar on a terminal, plain
+    lines such as ``[evaluate (paper)] 12/35 img …`` in a pipe or a log file)."""
 
     @contextmanager
     def bars():
-        with make_progress(state) as progress:
+        with make_progress(state, unit="img") as progress:
             def task(description: str, total: Optional[int]):
-                handle = progress.add_task(description, total=total, rate="")
+                handle = progress.add_task(description, total=total, rate="", unit=UNITS.get(description, "img"))
                 return lambda n: progress.update(handle, advance=n)
 
             yield task
@@ -42,14 +47,16 @@ def evaluate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Model checkpoint. An encoder checkpoint gives the maps "
                                         "(encoder + warp MLP), the cosine-NN baseline and reconstruction; its "
                                         "generator (or a generator checkpoint with --store) gives FID and swaps."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Precomputed maps (HDF5 store, DESIGN §5) — any method. "
-                                         "With --ckpt too, the maps come from the store."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Precomputed maps (HDF5 correspondence store; README "
+                                         "\"File formats\") — any method; opened read-only. With --ckpt too, the "
+                                         "maps come from the store."),
     model_name: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see `coordgan "
                                              "models`) in place of --ckpt. With neither --ckpt nor --store, the "
                                              "shipped default model is used."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (128², per-reference, as published) | fullres (ours)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write results.{json,csv,md} and per_class_iou.png here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write results.{json,csv,md} and per_class_iou.png "
+                                       "here (checked before any work)."),
     refs: Optional[str] = typer.Option(None, "--refs", help="Override the references: NAME,NAME,… (path, file name or stem)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Use only the first N non-reference images as queries."),
     vote: Optional[str] = typer.Option(None, "--vote", help="Coordinate vote: soft (softmax vote, as in the paper; "
@@ -87,6 +94,7 @@ def evaluate(
     reconstruction for a model."""
     from coordgan_cli.evaluation.core import EvaluationRequest, evaluate_benchmark, resolve_model_option, resolve_vote
     from coordgan_cli.evaluation.report import render_table, summary_lines, write_outputs
+    from coordgan_cli.io.paths import output_folder, removed_on_failure
 
     state = get_state(ctx)
     request = EvaluationRequest(
@@ -96,11 +104,16 @@ def evaluate(
         perceptual=perceptual, swap_pairs=swap_pairs, recon_images=recon_images, batch=batch, seed=state.seed)
     request.check_choices()
     request.ckpt = resolve_model_option(ckpt, model_name, store, lambda m: info(m, state))
-    report = evaluate_benchmark(request, device=state.torch_device(), info=lambda m: info(m, state),
-                                bars=_bars(state))
-    if out is not None:
-        written = write_outputs(out, report)
-        info(f"wrote {', '.join(str(p) for p in written)}", state)
+    # --out is checked before the (long) work; a folder made for it goes again if the run fails.
+    cleanup = removed_on_failure(out, lambda: (out / "results.json").is_file()) if out is not None else nullcontext()
+    with cleanup:
+        if out is not None:
+            output_folder(out)
+        report = evaluate_benchmark(request, device=state.torch_device(), info=lambda m: info(m, state),
+                                    bars=_bars(state))
+        if out is not None:
+            written = write_outputs(out, report)
+            info(f"wrote {', '.join(str(p) for p in written)}", state)
     if as_json:
         print_json(report)
         return

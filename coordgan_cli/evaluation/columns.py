@@ -24,6 +24,11 @@ from coordgan_cli.errors import UserError
 from coordgan_cli.labelling import Matcher, MatcherBase, References, available_matchers, make_matcher
 from coordgan_cli.labelling.matchers import matcher_factory
 
+class BrokenInput(UserError):
+    """A file the user named (e.g. --matcher-ckpt) cannot be read: the evaluation stops with this
+    error instead of listing the column as unavailable."""
+
+
 # Always in the table (unavailable ones say why), in this order; other registered matchers join
 # by default when they can run with the inputs, or when named in --matchers.
 ALWAYS_LISTED = ("coordinates", "correlation", "ensemble")
@@ -90,7 +95,12 @@ class ColumnInputs:
             self.feature_matcher.update(available=False, reason=reason)
             raise UserError(reason)
         # The ensemble shares this object, so it works at the same size.
-        matcher = CorrelationMatcher(matcher_ckpt=path, device=self.device, work_size=self.work_size)
+        try:
+            matcher = CorrelationMatcher(matcher_ckpt=path, device=self.device, work_size=self.work_size)
+        except UserError as exc:
+            if self.matcher_ckpt is not None:  # the file the user named is broken: stop, do not skip the column
+                raise BrokenInput(exc.message) from exc
+            raise
         cfg = matcher.config
         self.feature_matcher.update(checkpoint=str(path), sha256=matcher.sha256, tau=cfg.tau, k=cfg.k,
                                     patch=cfg.patch, work_size=matcher.work_size,
@@ -205,6 +215,8 @@ def build_columns(names: Optional[list[str]], inputs: ColumnInputs) -> Columns:
     for name in wanted:
         try:
             matchers[name] = _BUILDERS.get(name, default_builder(name))(inputs)
+        except BrokenInput:
+            raise
         except UserError as exc:
             if names is not None or name in ALWAYS_LISTED:
                 unavailable[name] = exc.message

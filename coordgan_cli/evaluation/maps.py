@@ -102,7 +102,7 @@ class BenchmarkMaps:
     def __init__(self, source: MapsOfSamples, samples: Sequence[Sample], label: str) -> None:
         self.source, self.label = source, label
         self.samples = {s.name: s for s in samples}
-        self.reader = None  # no store rows to write labels back into
+        self.reader = None  # no store rows (nothing for a labels file)
 
     def maps(self, image: np.ndarray, candidates: list[str], size: tuple[int, int], what: str, *, query: bool = False
              ) -> tuple[np.ndarray, Optional[np.ndarray], None]:

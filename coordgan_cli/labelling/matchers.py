@@ -16,8 +16,8 @@ otherwise than as the argmax of the probabilities, e.g. the exact coordinate vot
 correspondence map for keypoints; an ``only`` (H, W) bool mask, when given, names the pixels whose
 labels the caller will look at — evaluation passes the scored pixels — and a matcher may leave the
 others background), ``settings()`` (what the resume key records), ``reference_maps``
-(keypoint transfer), ``write_back(prediction, labels, confidence)`` (labels into a store) and
-``close()``.
+(keypoint transfer), ``store_entry(prediction)`` (the query's store name and map size, for
+``OUT/labels.h5``) and ``close()``. Stores are opened read-only: a matcher never writes its inputs.
 
 New matchers plug in with ``register_matcher(name, factory)``; ``make_matcher(name, **options)``
 builds one (``coordgan propagate --matcher NAME`` and ``label_folder(..., matcher=NAME)``).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Matcher(Protocol):
 class Prediction:
     """One query's result: labels (H, W) uint8 ids, confidence (H, W) float32, and what some
     matchers also know: the class probabilities (K, H, W), the query's correspondence map (2, H, W)
-    with its valid pixels (keypoint transfer) and its store row (labels written back)."""
+    with its valid pixels (keypoint transfer) and its store row (its labels go to OUT/labels.h5)."""
 
     labels: np.ndarray
     confidence: np.ndarray
@@ -66,6 +66,9 @@ class MatcherBase:
 
     name = "matcher"
     references: Optional[References] = None
+    # Progress over fit's per-reference work, ``track(items, total) -> items`` (the Propagator sets
+    # it when asked to show progress); a matcher with slow per-reference work iterates through it.
+    track_references: Callable[[Iterable[Any], int], Iterable[Any]] = staticmethod(lambda items, total: items)
 
     def fit(self, references: References) -> None:
         self.references = references
@@ -151,14 +154,14 @@ def resample_map(correspondence: np.ndarray, size: tuple[int, int]) -> np.ndarra
 class MapSource:
     """Correspondence maps from a store (by name) or from a model (structure path)."""
 
-    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any, write_back: bool) -> None:
+    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any) -> None:
         self.store_path, self.reader, self.model = store, None, None
         if store is not None:
             from coordgan_cli.io.store import StoreReader
 
             if not Path(store).is_file():
                 raise UserError(f"{store}: --store file not found")
-            self.reader = StoreReader(store, mode="r+" if write_back else "r")
+            self.reader = StoreReader(store)  # read-only: the store is an input, shared by other readers
         else:
             from coordgan_cli.inference import load_correspondence_model
 
@@ -195,10 +198,10 @@ class MapSource:
 class CoordinatesMatcher(MatcherBase):
     """Vote in canonical-coordinate space (``correspondence.vote``) on maps from a store or a model.
 
-    store: a correspondence store holding queries and references by relative name (labels and
-    confidence are written back into it when ``write_back``); else ckpt: an encoder checkpoint; or
-    maps: any object with ``MapSource``'s ``maps(image, candidates, size, what, *, query)`` and
-    ``close()`` (``coordgan evaluate`` gives the benchmark's maps this way).
+    store: a correspondence store holding queries and references by relative name (opened
+    read-only); else ckpt: an encoder checkpoint, run on ``device``; or maps: any object with
+    ``MapSource``'s ``maps(image, candidates, size, what, *, query)`` and ``close()`` (``coordgan
+    evaluate`` gives the benchmark's maps this way).
     mode: soft (τ-weighted vote) | hard (nearest); tau: None = 0.01 × 128 / S for references of
     side S. ``label`` gives the exact vote; ``predict_proba`` the class shares (refined to
     ``ENSEMBLE_TOL``), whose argmax can differ from the exact labels at near ties.
@@ -207,15 +210,13 @@ class CoordinatesMatcher(MatcherBase):
     name = "coordinates"
 
     def __init__(self, *, store: Optional[Path] = None, ckpt: Optional[Path] = None, device: Any = None,
-                 mode: str = "soft", tau: Optional[float] = None, write_back: Optional[bool] = None,
-                 maps: Any = None) -> None:
+                 mode: str = "soft", tau: Optional[float] = None, maps: Any = None) -> None:
         if mode not in ("soft", "hard"):
             raise UserError(f"--mode must be soft or hard, got {mode!r}")
         if tau is not None and not tau > 0:
             raise UserError(f"--tau must be positive, got {tau}")
         self.store, self.ckpt, self.mode, self.tau = store, ckpt, mode, tau
-        self.source = maps if maps is not None else MapSource(store, ckpt, device or "cpu",
-                                                              store is not None if write_back is None else write_back)
+        self.source = maps if maps is not None else MapSource(store, ckpt, device or "cpu")
         self.reference_maps: list[np.ndarray] = []
         self.prepared: list[Any] = []
 
@@ -227,8 +228,8 @@ class CoordinatesMatcher(MatcherBase):
             self.tau = resolution_tau(references.side)
         self.reference_maps = []
         points = []
-        for image, mask, path, candidates in zip(references.images, references.masks, references.paths,
-                                                 references.store_names):
+        items = list(zip(references.images, references.masks, references.paths, references.store_names))
+        for image, mask, path, candidates in self.track_references(items, len(items)):
             what = f"reference {path.name if path is not None else candidates[0]}"
             cmap, valid, _ = self.source.maps(image, candidates, image.shape[:2], what)
             self.reference_maps.append(cmap)
@@ -270,17 +271,13 @@ class CoordinatesMatcher(MatcherBase):
     def settings(self) -> dict[str, Any]:
         return {"matcher": self.name, "mode": self.mode, "tau": self.tau, "maps": self.maps_setting()}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        """Labels and confidence into the query's store row; a note when the sizes differ."""
-        reader, size = self.source.reader, labels.shape
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        """(the query's name in the store, the store's map size (H, W), the store) when its maps
+        came from a store, else None."""
+        reader = getattr(self.source, "reader", None)
         if reader is None or prediction.store_row is None:
             return None
-        if tuple(reader.size) != tuple(size):
-            return (f"store maps are {reader.size[1]}×{reader.size[0]}, labels {size[1]}×{size[0]}: "
-                    "labels/confidence not written into the store")
-        reader.put("labels", prediction.store_row, labels)
-        reader.put("confidence", prediction.store_row, confidence.astype(np.float16))
-        return None
+        return reader.names[prediction.store_row], tuple(reader.size), Path(self.store)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.source.close()
@@ -317,8 +314,10 @@ class CorrelationMatcher(MatcherBase):
         from coordgan_cli.correspondence.correlation import prepare_correlation_references
 
         self.references = references
+        pairs = list(zip(references.images, references.masks))
+        # Iterated once, so the progress advances as each reference's features are computed.
         self.prepared = prepare_correlation_references(
-            list(zip(references.images, references.masks)), self.network, references.num_classes,
+            self.track_references(pairs, len(pairs)), self.network, references.num_classes,  # type: ignore[arg-type]
             device=self.device, patch=self.config.patch, work_size=self.work_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -354,8 +353,7 @@ class EnsembleMatcher(MatcherBase):
                  mode: str = "soft", tau: Optional[float] = None, work_size: Optional[int] = None) -> None:
         if members is None:
             correlation = CorrelationMatcher(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size)
-            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device if store is None else "cpu",
-                                             mode=mode, tau=tau)
+            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau)
             members = [coordinates, correlation]
         self.members = members
         self.maps = next((m for m in members if isinstance(m, CoordinatesMatcher)), None)
@@ -367,6 +365,8 @@ class EnsembleMatcher(MatcherBase):
     def fit(self, references: References) -> None:
         self.references = references
         for member in self.members:
+            if hasattr(member, "track_references"):
+                member.track_references = self.track_references  # type: ignore[union-attr]
             member.fit(references)
 
     def label(self, image: np.ndarray, *, name: Optional[str] = None,
@@ -394,8 +394,8 @@ class EnsembleMatcher(MatcherBase):
             merged.update(getattr(member, "settings", lambda: {})())
         return {**merged, "matcher": self.name}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        return self.maps.write_back(prediction, labels, confidence) if self.maps is not None else None
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        return self.maps.store_entry(prediction) if self.maps is not None else None
 
     def close(self) -> None:
         for member in self.members:
