@@ -1,0 +1,126 @@
+"""``features`` matcher: a soft k-nearest-neighbour vote on pretrained hypercolumns.
+
+Every reference is encoded once (``fit_arrays``): its hypercolumns at the working resolution
+and its mask's class shares on the same grid, all references pooled into one candidate set
+(optionally with left/right-mirrored copies). A query cell takes the k most similar reference
+cells (cosine) and averages their class shares with softmax(cos / temperature) weights; an
+optional position term adds ``position_weight``·(x, y) to every vector, so that, on aligned
+data like faces, a match prefers the same place. The (K, h, w) probabilities are upsampled to
+the query's own size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
+                                                      pca_basis, position_channels, soft_labels, upsample_probabilities)
+
+
+class FeatureVoteMatcher:
+    """Soft kNN vote on backbone hypercolumns, references fused.
+
+    Args:
+        encoder: backbone at a working resolution.
+        k: neighbours per query cell.
+        temperature: softmax temperature on cosine similarities.
+        position_weight: weight of the (x, y) cell position appended to the unit feature vector
+            (0 = appearance only).
+        flip_swap: None = no mirrored references; else class id → mirror id (``mirror_pairs``),
+            and every reference is also used flipped left↔right with its classes renamed.
+        dims: project hypercolumns onto their first ``dims`` principal components, fitted on the
+            references (0 = keep all C): the similarity costs O(dims) instead of O(C) per pair.
+        chunk: query cells per similarity block (bounds memory to chunk × reference cells).
+    """
+
+    name = "features"
+
+    def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
+                 position_weight: float = 0.0, flip_swap: Optional[dict[int, int]] = None,
+                 dims: int = 0, chunk: int = 1024) -> None:
+        self.encoder = encoder
+        self.k = int(k)
+        self.temperature = float(temperature)
+        self.position_weight = float(position_weight)
+        self.flip_swap = flip_swap
+        self.dims = int(dims)
+        self.chunk = int(chunk)
+        self._mean: Optional[torch.Tensor] = None
+        self._basis: Optional[torch.Tensor] = None
+        self.classes: list[int] = []
+        self._keys: Optional[torch.Tensor] = None
+        self._values: Optional[torch.Tensor] = None
+
+    # -- references -------------------------------------------------------------------------
+    def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                   classes: Optional[Sequence[int]] = None) -> "FeatureVoteMatcher":
+        """Encode references. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
+        classes: the class ids to predict (default: the ids in the masks, 255 excluded), sorted."""
+        if not images or len(images) != len(masks):
+            raise ValueError("fit_arrays needs as many masks as images, at least one")
+        images = [check_image(im, f"reference {i}") for i, im in enumerate(images)]
+        masks = [np.asarray(m) for m in masks]
+        for i, (im, m) in enumerate(zip(images, masks)):
+            if m.shape != im.shape[:2]:
+                raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
+        if classes is None:
+            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
+        self.classes = sorted(int(c) for c in classes)
+        if self.flip_swap is not None:
+            images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
+            masks = masks + [flip_mask(m, self.flip_swap) for m in masks]
+        encoded = [self.encoder.encode([im])[0] for im in images]
+        self._mean, self._basis = None, None
+        if self.dims > 0:
+            flat = torch.cat([F.normalize(f, dim=0).reshape(f.shape[0], -1) for f in encoded], dim=1).t()
+            self._mean, self._basis = pca_basis(flat, self.dims)
+        keys, values = [], []
+        for raw, m in zip(encoded, masks):
+            feats = self._keys_of(raw)
+            labels = torch.from_numpy(soft_labels(m, self.classes, self.encoder.grid))
+            keep = labels.sum(dim=0).reshape(-1) > 0.5  # cells mostly ignored or of other classes add noise
+            keys.append(feats.reshape(feats.shape[0], -1)[:, keep])
+            values.append(labels.reshape(len(self.classes), -1)[:, keep].to(feats.device))
+        self._keys = torch.cat(keys, dim=1)  # (D, N)
+        self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
+        return self
+
+    def _keys_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) hypercolumns → (D, h, w) unit vectors (plus the weighted position)."""
+        feats = F.normalize(feats, dim=0)
+        if self._basis is not None:
+            c, h, w = feats.shape
+            projected = (feats.reshape(c, -1).t() - self._mean) @ self._basis
+            feats = F.normalize(projected.t().reshape(-1, h, w), dim=0)
+        if self.position_weight > 0:
+            pos = torch.from_numpy(position_channels(tuple(feats.shape[1:]))).to(feats.device)
+            feats = torch.cat([feats, self.position_weight * pos], dim=0)
+        return feats
+
+    # -- queries ----------------------------------------------------------------------------
+    def predict_grid(self, image: np.ndarray) -> np.ndarray:
+        """(K, h, w) float32 class probabilities on the working grid."""
+        if self._keys is None:
+            raise RuntimeError("call fit_arrays (or fit) before predicting")
+        q = self._keys_of(self.encoder.encode([check_image(image)])[0])
+        d, h, w = q.shape
+        q = q.reshape(d, -1).t()
+        k = min(self.k, self._keys.shape[1])
+        out = torch.empty(q.shape[0], len(self.classes), device=q.device)
+        for s in range(0, q.shape[0], self.chunk):
+            sim = q[s:s + self.chunk] @ self._keys  # (n, N)
+            top, idx = torch.topk(sim, k, dim=1)
+            weights = torch.softmax(top / self.temperature, dim=1)
+            out[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, self._values[idx])
+        out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
+        return out.t().reshape(len(self.classes), h, w).cpu().numpy().astype(np.float32)
+
+    def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (K, H, W) float32 over ``self.classes``, confidence (H, W) float32) at the image's size."""
+        image = check_image(image)
+        probs = upsample_probabilities(self.predict_grid(image), image.shape[:2], image)
+        return probs, probs.max(axis=0)
