@@ -52,7 +52,9 @@ def info_command(
     from coordgan_cli.config import load_recipe
     from coordgan_cli.models import parameter_counts
 
-    get_state(ctx)
+    # info reads on the CPU whatever --device says, but a --device that cannot be used here is
+    # refused as everywhere else rather than ignored.
+    get_state(ctx).torch_device()
     overrides = list(overrides or [])
     checkpoint: dict[str, Any] | None = None
     if not target.exists():

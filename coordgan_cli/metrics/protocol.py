@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from coordgan_cli.correspondence.vote import PAPER_SIZE, PAPER_TAU
 from coordgan_cli.data.benchmarks import Benchmark, Sample
@@ -40,6 +38,8 @@ class MapSource(Protocol):
 
 def resize_map(correspondence_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False) resampling of a (2, h, w) map to (2, H, W) float32."""
+    import torch
+    import torch.nn.functional as F
     cmap = np.asarray(correspondence_map, dtype=np.float32)
     if tuple(cmap.shape[1:]) == tuple(size):
         return cmap
@@ -52,6 +52,8 @@ def soft_one_hot(mask: np.ndarray, num_classes: int, size: tuple[int, int]) -> n
 
     Channel C collects ignore (255) pixels. Shrinking averages areas; enlarging is bilinear.
     """
+    import torch
+    import torch.nn.functional as F
     mask = np.asarray(mask)
     ids = np.where(mask == IGNORE, num_classes, np.minimum(mask, num_classes)).astype(np.int64)
     onehot = np.eye(num_classes + 1, dtype=np.float32)[ids].transpose(2, 0, 1)
@@ -75,6 +77,8 @@ def hard_labels(soft: np.ndarray) -> np.ndarray:
 
 def resize_labels_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a (h, w) id map to ``size`` (H, W)."""
+    import torch
+    import torch.nn.functional as F
     if mask.shape == tuple(size):
         return mask
     t = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))[None, None].float()
@@ -137,6 +141,8 @@ def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.nd
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (h, w, 3) → uint8 (H, W, 3): bilinear, antialiased when shrinking (as the encoder's input)."""
+    import torch
+    import torch.nn.functional as F
     if image.shape[:2] == tuple(size):
         return image
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
@@ -155,6 +161,7 @@ class FeatureCorrelation:
 
     def __init__(self, network: torch.nn.Module, *, tau: float, k: Optional[int], patch: bool,
                  device: torch.device | str = "cpu") -> None:
+        import torch
         self.network, self.tau, self.k, self.patch = network, tau, k, patch
         self.device = torch.device(device)
 
@@ -162,6 +169,7 @@ class FeatureCorrelation:
         """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
         labels at the image's size. Positions carrying no label mass (ignore) are left out.
         Returns ``correlation.CorrelationReferences`` pooling every reference's positions."""
+        import torch
         from coordgan_cli.correspondence.correlation import CorrelationReferences, _image_tensor, normalise_features
 
         feats, values = [], []
@@ -179,6 +187,7 @@ class FeatureCorrelation:
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) → normalised matcher features (D', H, W) (reusable across references)."""
+        import torch
         from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features
 
         with torch.no_grad():
@@ -187,6 +196,7 @@ class FeatureCorrelation:
     def probabilities(self, query, prepared) -> np.ndarray:
         """Query image uint8 (H, W, 3) — or its :meth:`features` — → (C, H, W) float32 warped
         reference labels (top-k chunked correlation; pixels sum to the labels' mass, ≤ 1)."""
+        import torch
         from coordgan_cli.correspondence.correlation import correlation_chunked
 
         feats = self.features(query) if isinstance(query, np.ndarray) else query
@@ -413,6 +423,8 @@ def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: Map
 
 def _unit_rows(features: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) features resized bilinearly to ``size`` → (H·W, C) unit rows."""
+    import torch
+    import torch.nn.functional as F
     t = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
     t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0]
     return F.normalize(t.reshape(t.shape[0], -1).T, dim=1)
@@ -420,6 +432,7 @@ def _unit_rows(features: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 def _most_similar(query: torch.Tensor, pool: torch.Tensor, chunk: int) -> np.ndarray:
     """Index into ``pool`` (M, C) of the most similar row for each row of ``query`` (N, C)."""
+    import torch
     best = torch.empty(query.shape[0], dtype=torch.long)
     for start in range(0, query.shape[0], chunk):
         best[start:start + chunk] = (query[start:start + chunk] @ pool.T).argmax(dim=1)
@@ -434,6 +447,7 @@ def cosine_pool(references: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[to
         references: (features (C, h, w), labels (H_r, W_r) int) per reference; its features are
             resized bilinearly to its labels' size; pixels labelled ``IGNORE`` are no candidates.
     """
+    import torch
     feats, labels = [], []
     for features, lab in references:
         lab = np.asarray(lab)

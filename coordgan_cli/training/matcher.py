@@ -36,6 +36,7 @@ from coordgan_cli.correspondence.contrastive import marginal_contrastive_loss, s
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_write_json
 from coordgan_cli.io.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from coordgan_cli.io.paths import output_folder, remove_stale_temporaries
 from coordgan_cli.models.matcher import FeatureMatcher
 from coordgan_cli.training import distributed
 from coordgan_cli.training.run_dir import RunDir
@@ -100,15 +101,19 @@ class StorePairSource:
     """Pairs of rows of a ground-truth correspondence store (``coordgan synth``).
 
     ``store``: the HDF5 store (rows named by image path relative to ``images``); ``images``: the
-    image folder. Images whose size differs from the maps are resized to the map size (the maps
+    image folder (default: ``images/`` beside the store). Images whose size differs from the maps are resized to the map size (the maps
     are the supervision grid). Rows are read on demand.
     """
 
-    def __init__(self, store: str | Path, images: str | Path) -> None:
+    def __init__(self, store: str | Path, images: str | Path | None = None) -> None:
         from coordgan_cli.io.store import StoreReader
 
-        self.store_path, self.images_dir = Path(store), Path(images)
+        self.store_path = Path(store)
+        self.images_dir = Path(images) if images is not None else self.store_path.parent / "images"
         if not self.images_dir.is_dir():
+            if images is None:
+                raise UserError(f"{self.store_path}: no images/ folder beside the store (looked for {self.images_dir}); "
+                                "give the store's image folder with --images DIR")
             raise UserError(f"--images {self.images_dir}: not a folder")
         self.reader = StoreReader(self.store_path)
         self.names = list(self.reader.names)
@@ -324,7 +329,8 @@ def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device
     check_matcher_batch_split(cfg, dist.world_size)
     out = Path(out)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out)
+        remove_stale_temporaries(out, ".pt")
     dist.barrier()
     latest = out / "latest.pt"
     total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
