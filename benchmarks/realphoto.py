@@ -76,12 +76,13 @@ class Accumulator(IoUAccumulator):
 def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
     flip = swap if args.flip else None
     if kind == "features":
-        return FeatureVoteMatcher(encoder, k=args.k, temperature=args.temperature, position_weight=args.position_weight, dims=args.fdims,
-                              flip_swap=flip)
+        return FeatureVoteMatcher(encoder, k=args.k, temperature=args.temperature,
+                                  position_weight=args.position_weight, dims=args.fdims, flip_swap=flip,
+                                  refine=not args.no_refine)
     return PixelClassifierMatcher(encoder, members=args.members, dims=args.dims, hidden=args.hidden, steps=args.steps,
-                           position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
-                           position_frequencies=args.position_frequencies, label_scale=args.label_scale,
-                           flip_swap=flip, seed=args.seed)
+                                  position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
+                                  position_frequencies=args.position_frequencies, label_scale=args.label_scale,
+                                  flip_swap=flip, refine=not args.no_refine, seed=args.seed)
 
 
 def predict_ids(matcher, image: np.ndarray) -> np.ndarray:
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--position-weight", type=float, default=0.0)
     p.add_argument("--fdims", type=int, default=0, help="features matcher: PCA components (0 = all)")
     p.add_argument("--flip", action="store_true", help="also use mirrored references (left/right classes swapped)")
+    p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--dims", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)

@@ -10,7 +10,7 @@ import torch
 from coordgan_cli.backbones import load_backbone
 from coordgan_cli.correspondence.feature_matcher import FeatureVoteMatcher
 from coordgan_cli.correspondence.hypercolumns import (HypercolumnEncoder, flip_mask, mirror_pairs, position_channels,
-                                                      soft_labels, upsample_probabilities)
+                                                      soft_labels)
 from coordgan_cli.correspondence.pixel_classifier import PixelClassifierMatcher
 
 RED, BLUE, GREY = (220, 30, 30), (30, 40, 220), (128, 128, 128)
@@ -164,18 +164,32 @@ def test_soft_labels_are_area_shares():
     np.testing.assert_allclose(shares[:, 1, 1], [1.0, 0.0])
 
 
-def test_upsample_probabilities_sums_to_one_and_keeps_regions():
-    probs = np.zeros((2, 4, 4), np.float32)
-    probs[0, :, :2] = 1
-    probs[1, :, 2:] = 1
-    up = upsample_probabilities(probs, (30, 50))
-    assert up.shape == (2, 30, 50) and up.dtype == np.float32
-    np.testing.assert_allclose(up.sum(axis=0), 1.0, atol=1e-5)
-    assert (up.argmax(axis=0)[:, :20] == 0).all() and (up.argmax(axis=0)[:, 30:] == 1).all()
-
-
 def test_position_channels():
     pos = position_channels((2, 4), frequencies=1)
     assert pos.shape == (6, 2, 4)
     np.testing.assert_allclose(pos[0, 0], [-0.75, -0.25, 0.25, 0.75])
     np.testing.assert_allclose(pos[1, :, 0], [-0.5, 0.5])
+
+
+# --- the labelling core's Matcher contract -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["features", "classifier"])
+def test_registered_and_fitted_on_references(name):
+    from coordgan_cli.io.masks import LabelSet
+    from coordgan_cli.labelling import Matcher, References, make_matcher
+
+    labels = LabelSet(names={0: "background", 1: "left_part", 2: "right_part", 3: "unused"}, colours={})
+    ref, mask = halves(96, 96, RED, BLUE), halves_mask(96, 96)
+    refs = References.from_pairs([(ref, mask)], labels=labels)
+    options = {"members": 2, "dims": 8, "hidden": 16, "steps": 40} if name == "classifier" else {"k": 8}
+    matcher = make_matcher(name, working_size=128, layers=["conv_4", "mixed_2"], flip_swap="auto", **options)
+    assert isinstance(matcher, Matcher) and matcher.name == name
+    matcher.fit(refs)
+    assert matcher.classes == list(refs.classes) == [0, 1, 2, 3]
+    query = halves(60, 90, RED, BLUE)
+    probs, conf = matcher.predict_proba(query)
+    assert probs.shape == (4, 60, 90) and conf.shape == (60, 90)
+    labels_map, confidence = matcher.predict(query)
+    assert labels_map.dtype == np.uint8 and set(np.unique(labels_map)) <= {0, 1, 2, 3}
+    # Class 0 and 3 appear in no reference: (almost) never predicted.
+    assert np.isin(labels_map, [1, 2]).mean() > 0.95

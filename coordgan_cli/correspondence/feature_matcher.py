@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      pca_basis, position_channels, soft_labels, upsample_probabilities)
+                                                      mirror_pairs,                                                       pca_basis, position_channels,
+                                                      soft_labels)
+from coordgan_cli.correspondence.upsample import upsample_probabilities
+from coordgan_cli.labelling.matchers import MatcherBase
 
 
-class FeatureVoteMatcher:
+class FeatureVoteMatcher(MatcherBase):
     """Soft kNN vote on backbone hypercolumns, references fused.
 
     Args:
@@ -31,7 +34,9 @@ class FeatureVoteMatcher:
         position_weight: weight of the (x, y) cell position appended to the unit feature vector
             (0 = appearance only).
         flip_swap: None = no mirrored references; else class id → mirror id (``mirror_pairs``),
-            and every reference is also used flipped left↔right with its classes renamed.
+            and every reference is also used flipped left↔right with its classes renamed;
+            "auto" = the table from the label names given to ``fit`` / ``fit_arrays(names=…)``.
+        refine: snap the upsampled probabilities to the query's edges (guided filter).
         dims: project hypercolumns onto their first ``dims`` principal components, fitted on the
             references (0 = keep all C): the similarity costs O(dims) instead of O(C) per pair.
         chunk: query cells per similarity block (bounds memory to chunk × reference cells).
@@ -40,13 +45,14 @@ class FeatureVoteMatcher:
     name = "features"
 
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
-                 position_weight: float = 0.0, flip_swap: Optional[dict[int, int]] = None,
+                 position_weight: float = 0.0, flip_swap: Optional[dict[int, int] | str] = None, refine: bool = True,
                  dims: int = 0, chunk: int = 1024) -> None:
         self.encoder = encoder
         self.k = int(k)
         self.temperature = float(temperature)
         self.position_weight = float(position_weight)
         self.flip_swap = flip_swap
+        self.refine = bool(refine)
         self.dims = int(dims)
         self.chunk = int(chunk)
         self._mean: Optional[torch.Tensor] = None
@@ -55,9 +61,20 @@ class FeatureVoteMatcher:
         self._keys: Optional[torch.Tensor] = None
         self._values: Optional[torch.Tensor] = None
 
-    # -- references -------------------------------------------------------------------------
+    def fit(self, references) -> None:
+        """Fit on ``labelling.References``: probabilities over ``references.classes``; with
+        ``flip_swap="auto"`` the mirror table comes from the label names (left/right, l_/r_)."""
+        self.references = references
+        self.fit_arrays(references.images, references.masks, references.classes,
+                        names=dict(references.labels.names))
+
+    def _fitted(self):
+        if not self.classes:
+            raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
+        return self
+
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   classes: Optional[Sequence[int]] = None) -> "FeatureVoteMatcher":
+                   classes: Optional[Sequence[int]] = None, *, names: Optional[dict[int, str]] = None) -> "FeatureVoteMatcher":
         """Encode references. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: the class ids to predict (default: the ids in the masks, 255 excluded), sorted."""
         if not images or len(images) != len(masks):
@@ -70,9 +87,12 @@ class FeatureVoteMatcher:
         if classes is None:
             classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
         self.classes = sorted(int(c) for c in classes)
-        if self.flip_swap is not None:
+        swap = self.flip_swap
+        if swap == "auto":
+            swap = mirror_pairs(names) if names else None
+        if swap is not None:
             images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
-            masks = masks + [flip_mask(m, self.flip_swap) for m in masks]
+            masks = masks + [flip_mask(m, swap) for m in masks]
         encoded = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
@@ -122,5 +142,6 @@ class FeatureVoteMatcher:
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         """(probs (K, H, W) float32 over ``self.classes``, confidence (H, W) float32) at the image's size."""
         image = check_image(image)
-        probs = upsample_probabilities(self.predict_grid(image), image.shape[:2], image)
+        probs = upsample_probabilities(self.predict_grid(image), image.shape[:2],
+                                       image if self.refine else None)
         return probs, probs.max(axis=0)

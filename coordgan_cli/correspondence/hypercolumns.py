@@ -105,23 +105,6 @@ def flip_mask(mask: np.ndarray, swap: Optional[dict[int, int]]) -> np.ndarray:
     return flipped
 
 
-def upsample_probabilities(probs: np.ndarray, size: tuple[int, int], guide: Optional[np.ndarray] = None) -> np.ndarray:
-    """(K, h, w) → (K, H, W) float32 class probabilities at the query's own size.
-
-    Bilinear, then renormalised per pixel. (The guided refinement of
-    ``correspondence.upsample`` replaces this when it lands on main.)
-    """
-    k = probs.shape[0]
-    height, width = size
-    out = np.empty((k, height, width), dtype=np.float32)
-    for i in range(k):
-        out[i] = cv2.resize(probs[i], (width, height), interpolation=cv2.INTER_LINEAR)
-    np.clip(out, 0.0, None, out=out)
-    total = out.sum(axis=0, keepdims=True)
-    np.divide(out, np.maximum(total, 1e-8), out=out)
-    return out
-
-
 def position_channels(grid: tuple[int, int], frequencies: int = 0) -> np.ndarray:
     """(P, h, w) float32 normalised (x, y) in [-1, 1] at cell centres, plus sin/cos at
     ``frequencies`` octaves (P = 2 + 4·frequencies)."""

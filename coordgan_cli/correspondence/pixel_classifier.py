@@ -20,7 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      pca_basis, position_channels, soft_labels, upsample_probabilities)
+                                                      mirror_pairs,                                                       pca_basis, position_channels,
+                                                      soft_labels)
+from coordgan_cli.correspondence.upsample import upsample_probabilities
+from coordgan_cli.labelling.matchers import MatcherBase
 
 
 def _mlp(inputs: int, hidden: int, classes: int) -> nn.Sequential:
@@ -29,7 +32,7 @@ def _mlp(inputs: int, hidden: int, classes: int) -> nn.Sequential:
                          nn.Linear(hidden // 2, classes))
 
 
-class PixelClassifierMatcher:
+class PixelClassifierMatcher(MatcherBase):
     """Ensemble of small MLPs on hypercolumns (+ position), trained on the references.
 
     Args:
@@ -40,7 +43,7 @@ class PixelClassifierMatcher:
         steps: optimiser steps per member; batch: cells per step; lr: Adam learning rate.
         position: append (x, y) (and ``position_frequencies`` sin/cos octaves) to every cell.
         label_scale: training/inference grid = feature grid × this.
-        flip_swap: as in ``FeatureVoteMatcher`` (mirrored references, classes renamed).
+        flip_swap, refine: as in ``FeatureVoteMatcher`` (mirrored references; edge refinement).
         seed: base seed; member m uses seed + m.
     """
 
@@ -49,7 +52,7 @@ class PixelClassifierMatcher:
     def __init__(self, encoder: HypercolumnEncoder, *, members: int = 4, dims: int = 128, hidden: int = 128,
                  steps: int = 300, batch: int = 2048, lr: float = 3e-3, position: bool = True,
                  position_frequencies: int = 0, position_scale: float = 1.0, label_scale: int = 2,
-                 flip_swap: Optional[dict[int, int]] = None, seed: int = 0) -> None:
+                 flip_swap: Optional[dict[int, int] | str] = None, refine: bool = True, seed: int = 0) -> None:
         self.encoder = encoder
         self.members = int(members)
         self.dims = int(dims)
@@ -62,6 +65,7 @@ class PixelClassifierMatcher:
         self.position_scale = float(position_scale)
         self.label_scale = int(label_scale)
         self.flip_swap = flip_swap
+        self.refine = bool(refine)
         self.seed = int(seed)
         self.classes: list[int] = []
         self._mean: Optional[torch.Tensor] = None
@@ -87,8 +91,20 @@ class PixelClassifierMatcher:
             x = torch.cat([x, self.position_scale * pos], dim=0)
         return x.reshape(x.shape[0], -1).t().contiguous()
 
+    def fit(self, references) -> None:
+        """Fit on ``labelling.References``: probabilities over ``references.classes``; with
+        ``flip_swap="auto"`` the mirror table comes from the label names (left/right, l_/r_)."""
+        self.references = references
+        self.fit_arrays(references.images, references.masks, references.classes,
+                        names=dict(references.labels.names))
+
+    def _fitted(self):
+        if not self.classes:
+            raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
+        return self
+
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   classes: Optional[Sequence[int]] = None) -> "PixelClassifierMatcher":
+                   classes: Optional[Sequence[int]] = None, *, names: Optional[dict[int, str]] = None) -> "PixelClassifierMatcher":
         """Train the ensemble. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: ids to predict (default: those in the masks, 255 excluded), sorted."""
         if not images or len(images) != len(masks):
@@ -101,9 +117,12 @@ class PixelClassifierMatcher:
         if classes is None:
             classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
         self.classes = sorted(int(c) for c in classes)
-        if self.flip_swap is not None:
+        swap = self.flip_swap
+        if swap == "auto":
+            swap = mirror_pairs(names) if names else None
+        if swap is not None:
             images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
-            masks = masks + [flip_mask(m, self.flip_swap) for m in masks]
+            masks = masks + [flip_mask(m, swap) for m in masks]
         feats = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
@@ -161,7 +180,7 @@ class PixelClassifierMatcher:
         """
         image = check_image(image)
         grid_probs, agreement = self.predict_grid(image)
-        probs = upsample_probabilities(grid_probs, image.shape[:2], image)
+        probs = upsample_probabilities(grid_probs, image.shape[:2], image if self.refine else None)
         import cv2
 
         agree = cv2.resize(agreement, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
