@@ -78,6 +78,7 @@ def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
     if kind == "features":
         return FeatureVoteMatcher(encoder, k=args.k, temperature=args.temperature,
                                   position_weight=args.position_weight, dims=args.fdims, flip_swap=flip,
+                                  top_references=args.top_references, layout_grid=args.layout_grid,
                                   refine=not args.no_refine)
     return PixelClassifierMatcher(encoder, members=args.members, dims=args.dims, hidden=args.hidden, steps=args.steps,
                                   position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--position-weight", type=float, default=0.0)
     p.add_argument("--fdims", type=int, default=0, help="features matcher: PCA components (0 = all)")
     p.add_argument("--flip", action="store_true", help="also use mirrored references (left/right classes swapped)")
+    p.add_argument("--top-references", type=int, default=0, help="features: vote over the M best-laid-out refs")
+    p.add_argument("--layout-grid", type=int, default=4)
     p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--dims", type=int, default=128)

@@ -105,9 +105,32 @@ def test_flipped_references_rename_left_and_right(encoder):
         [ref], [mask], classes=[0, 1, 2])
     pred = labels_of(matcher, halves(96, 96, GREY, RED))
     assert interior_accuracy(pred, halves_mask(96, 96, 0, 2), margin=16) > 0.95
+    # Left to find the classes itself, the matcher counts the mirrored one too.
+    found = FeatureVoteMatcher(encoder, k=8, position_weight=0.5, flip_swap=swap).fit_arrays([ref], [mask])
+    assert found.classes == [0, 1, 2]
     # Without flips the right class is never predicted: no reference shows it.
     plain = FeatureVoteMatcher(encoder, k=8, position_weight=0.5).fit_arrays([ref], [mask], classes=[0, 1, 2])
     assert not (labels_of(plain, halves(96, 96, GREY, RED)) == 2).any()
+
+
+def test_layout_picks_the_reference_facing_the_same_way(encoder):
+    # The reference and its mirrored copy hold the same red square, labelled "left_part" and
+    # "right_part": local appearance ties. Choosing the best-laid-out reference decides.
+    ref = np.full((96, 96, 3), GREY, np.uint8)
+    ref[24:72, 8:40] = RED
+    mask = np.zeros((96, 96), np.uint8)
+    mask[24:72, 8:40] = 1
+    swap = {0: 0, 1: 2, 2: 1}
+    query = ref.copy()
+    picked = FeatureVoteMatcher(encoder, k=8, flip_swap=swap, top_references=1).fit_arrays([ref], [mask], [0, 1, 2])
+    pred = labels_of(picked, query)
+    assert (pred[30:66, 14:34] == 1).mean() > 0.95
+    mirrored = labels_of(picked, np.ascontiguousarray(query[:, ::-1]))
+    assert (mirrored[30:66, 62:82] == 2).mean() > 0.95
+    # Every reference voting: the red cells draw both classes.
+    both = FeatureVoteMatcher(encoder, k=8, flip_swap=swap).fit_arrays([ref], [mask], [0, 1, 2])
+    probs, _ = both.predict_proba(query)
+    assert probs[2, 30:66, 14:34].mean() > 0.2
 
 
 def test_classifier_confidence_reflects_agreement(encoder):

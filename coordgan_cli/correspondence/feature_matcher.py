@@ -36,6 +36,12 @@ class FeatureVoteMatcher(MatcherBase):
         flip_swap: None = no mirrored references; else class id → mirror id (``mirror_pairs``),
             and every reference is also used flipped left↔right with its classes renamed;
             "auto" = the table from the label names given to ``fit`` / ``fit_arrays(names=…)``.
+        top_references: 0 = vote over every reference's cells; M > 0 = only over the M
+            references (mirrored copies counted apart) whose layout is most like the query's:
+            their (D, h, w) unit features average-pooled to a ``layout_grid``² grid, compared by
+            cosine. Pooling keeps where things are, so a car facing left picks references facing
+            left — which local features alone cannot tell (left and right doors look alike).
+        layout_grid: side of that pooling grid.
         refine: snap the upsampled probabilities to the query's edges (guided filter).
         dims: project hypercolumns onto their first ``dims`` principal components, fitted on the
             references (0 = keep all C): the similarity costs O(dims) instead of O(C) per pair.
@@ -46,7 +52,7 @@ class FeatureVoteMatcher(MatcherBase):
 
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
                  position_weight: float = 0.0, flip_swap: Optional[dict[int, int] | str] = None, refine: bool = True,
-                 dims: int = 0, chunk: int = 1024) -> None:
+                 dims: int = 0, top_references: int = 0, layout_grid: int = 4, chunk: int = 1024) -> None:
         self.encoder = encoder
         self.k = int(k)
         self.temperature = float(temperature)
@@ -54,6 +60,10 @@ class FeatureVoteMatcher(MatcherBase):
         self.flip_swap = flip_swap
         self.refine = bool(refine)
         self.dims = int(dims)
+        self.top_references = int(top_references)
+        self.layout_grid = int(layout_grid)
+        self._owner: Optional[torch.Tensor] = None
+        self._layouts: Optional[torch.Tensor] = None
         self.chunk = int(chunk)
         self._mean: Optional[torch.Tensor] = None
         self._basis: Optional[torch.Tensor] = None
@@ -84,28 +94,32 @@ class FeatureVoteMatcher(MatcherBase):
         for i, (im, m) in enumerate(zip(images, masks)):
             if m.shape != im.shape[:2]:
                 raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
-        if classes is None:
-            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
-        self.classes = sorted(int(c) for c in classes)
         swap = self.flip_swap
         if swap == "auto":
             swap = mirror_pairs(names) if names else None
         if swap is not None:
             images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
             masks = masks + [flip_mask(m, swap) for m in masks]
+        if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
+            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
+        self.classes = sorted(int(c) for c in classes)
         encoded = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
             flat = torch.cat([F.normalize(f, dim=0).reshape(f.shape[0], -1) for f in encoded], dim=1).t()
             self._mean, self._basis = pca_basis(flat, self.dims)
-        keys, values = [], []
-        for raw, m in zip(encoded, masks):
+        keys, values, owner, layouts = [], [], [], []
+        for r, (raw, m) in enumerate(zip(encoded, masks)):
             feats = self._keys_of(raw)
+            layouts.append(self._layout_of(feats))
             labels = torch.from_numpy(soft_labels(m, self.classes, self.encoder.grid))
             keep = labels.sum(dim=0).reshape(-1) > 0.5  # cells mostly ignored or of other classes add noise
             keys.append(feats.reshape(feats.shape[0], -1)[:, keep])
             values.append(labels.reshape(len(self.classes), -1)[:, keep].to(feats.device))
+            owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
         self._keys = torch.cat(keys, dim=1)  # (D, N)
+        self._owner = torch.cat(owner).to(self._keys.device)  # (N,) reference index of each key
+        self._layouts = torch.stack(layouts)  # (R, L)
         self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
         return self
 
@@ -121,21 +135,36 @@ class FeatureVoteMatcher(MatcherBase):
             feats = torch.cat([feats, self.position_weight * pos], dim=0)
         return feats
 
-    # -- queries ----------------------------------------------------------------------------
+    def _layout_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """(D, h, w) keys → (L,) unit layout descriptor (appearance channels pooled on a grid)."""
+        appearance = feats[: feats.shape[0] - (2 if self.position_weight > 0 else 0)]
+        pooled = F.adaptive_avg_pool2d(appearance[None], self.layout_grid)[0]
+        return F.normalize(pooled.reshape(-1), dim=0)
+
+    def candidate_keys(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys (D, N'), values (N', K)) a query (D, h, w) is matched against: all references'
+        cells, or those of the ``top_references`` with the most similar layout."""
+        if self.top_references <= 0 or self.top_references >= len(self._layouts):
+            return self._keys, self._values
+        chosen = torch.topk(self._layouts @ self._layout_of(q), self.top_references).indices
+        keep = torch.isin(self._owner, chosen)
+        return self._keys[:, keep], self._values[keep]
+
     def predict_grid(self, image: np.ndarray) -> np.ndarray:
         """(K, h, w) float32 class probabilities on the working grid."""
         if self._keys is None:
             raise RuntimeError("call fit_arrays (or fit) before predicting")
         q = self._keys_of(self.encoder.encode([check_image(image)])[0])
         d, h, w = q.shape
+        keys, values = self.candidate_keys(q)
         q = q.reshape(d, -1).t()
-        k = min(self.k, self._keys.shape[1])
+        k = min(self.k, keys.shape[1])
         out = torch.empty(q.shape[0], len(self.classes), device=q.device)
         for s in range(0, q.shape[0], self.chunk):
-            sim = q[s:s + self.chunk] @ self._keys  # (n, N)
+            sim = q[s:s + self.chunk] @ keys  # (n, N)
             top, idx = torch.topk(sim, k, dim=1)
             weights = torch.softmax(top / self.temperature, dim=1)
-            out[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, self._values[idx])
+            out[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, values[idx])
         out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
         return out.t().reshape(len(self.classes), h, w).cpu().numpy().astype(np.float32)
 

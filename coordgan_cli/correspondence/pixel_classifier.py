@@ -114,15 +114,15 @@ class PixelClassifierMatcher(MatcherBase):
         for i, (im, m) in enumerate(zip(images, masks)):
             if m.shape != im.shape[:2]:
                 raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
-        if classes is None:
-            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
-        self.classes = sorted(int(c) for c in classes)
         swap = self.flip_swap
         if swap == "auto":
             swap = mirror_pairs(names) if names else None
         if swap is not None:
             images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
             masks = masks + [flip_mask(m, swap) for m in masks]
+        if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
+            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
+        self.classes = sorted(int(c) for c in classes)
         feats = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
