@@ -74,7 +74,7 @@ class Accumulator(IoUAccumulator):
 
 
 def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
-    flip = swap if args.flip else None
+    flip = "auto" if args.flip else None
     if kind == "features":
         return FeatureVoteMatcher(encoder, k=args.k, temperature=args.temperature,
                                   position_weight=args.position_weight, dims=args.fdims, flip_swap=flip,
@@ -103,7 +103,8 @@ def run_set(kind: str, encoder, args, refs: FolderDataset, ref_idx: list[int], q
     for r_idx, q_idx in folds:
         pairs = [refs.pair(i) for i in r_idx]
         t = time.perf_counter()
-        matcher = make_matcher(kind, encoder, args, swap).fit_arrays([p[0] for p in pairs], [p[1] for p in pairs])
+        matcher = make_matcher(kind, encoder, args, swap).fit_arrays([p[0] for p in pairs], [p[1] for p in pairs],
+                                                                     names=dict(queries.labels.names))
         fit_s += time.perf_counter() - t
         for q in q_idx:
             image, truth = queries.pair(q)
@@ -133,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--working-size", type=int, default=512)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--position-weight", type=float, default=0.0)
-    p.add_argument("--fdims", type=int, default=0, help="features matcher: PCA components (0 = all)")
-    p.add_argument("--flip", action="store_true", help="also use mirrored references (left/right classes swapped)")
+    p.add_argument("--position-weight", type=float, default=0.5)
+    p.add_argument("--fdims", type=int, default=128, help="features matcher: PCA components (0 = all)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="do not also use mirrored references (left/right classes renamed)")
     p.add_argument("--top-references", type=int, default=0, help="features: vote over the M best-laid-out refs")
     p.add_argument("--layout-grid", type=int, default=4)
     p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         swap = mirror_pairs(dict(cars_test.labels.names))
         timing = {}
         for kind in kinds:
-            m = make_matcher(kind, encoder, args, swap).fit_arrays([q[0] for q in pairs], [q[1] for q in pairs])
+            m = make_matcher(kind, encoder, args, swap).fit_arrays([q[0] for q in pairs], [q[1] for q in pairs],
+                                                                     names=dict(cars_test.labels.names))
             m.predict_proba(query)
             runs = []
             for _ in range(3):

@@ -52,8 +52,8 @@ def labels_of(matcher, image):
 
 
 MATCHERS = {
-    "features": lambda enc: FeatureVoteMatcher(enc, k=8, temperature=0.05),
-    "features-pca": lambda enc: FeatureVoteMatcher(enc, k=8, temperature=0.05, dims=16),
+    "features": lambda enc: FeatureVoteMatcher(enc, k=8, temperature=0.05, position_weight=0.0, dims=0),
+    "features-pca": lambda enc: FeatureVoteMatcher(enc, k=8, temperature=0.05, position_weight=0.0, dims=16),
     "classifier": lambda enc: PixelClassifierMatcher(enc, members=2, dims=16, hidden=32, steps=60, position=False),
 }
 
@@ -122,13 +122,14 @@ def test_layout_picks_the_reference_facing_the_same_way(encoder):
     mask[24:72, 8:40] = 1
     swap = {0: 0, 1: 2, 2: 1}
     query = ref.copy()
-    picked = FeatureVoteMatcher(encoder, k=8, flip_swap=swap, top_references=1).fit_arrays([ref], [mask], [0, 1, 2])
+    picked = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0, flip_swap=swap,
+                                top_references=1).fit_arrays([ref], [mask], [0, 1, 2])
     pred = labels_of(picked, query)
     assert (pred[30:66, 14:34] == 1).mean() > 0.95
     mirrored = labels_of(picked, np.ascontiguousarray(query[:, ::-1]))
     assert (mirrored[30:66, 62:82] == 2).mean() > 0.95
     # Every reference voting: the red cells draw both classes.
-    both = FeatureVoteMatcher(encoder, k=8, flip_swap=swap).fit_arrays([ref], [mask], [0, 1, 2])
+    both = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0, flip_swap=swap).fit_arrays([ref], [mask], [0, 1, 2])
     probs, _ = both.predict_proba(query)
     assert probs[2, 30:66, 14:34].mean() > 0.2
 

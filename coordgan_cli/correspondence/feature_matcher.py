@@ -51,8 +51,8 @@ class FeatureVoteMatcher(MatcherBase):
     name = "features"
 
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
-                 position_weight: float = 0.0, flip_swap: Optional[dict[int, int] | str] = None, refine: bool = True,
-                 dims: int = 0, top_references: int = 0, layout_grid: int = 4, chunk: int = 1024) -> None:
+                 position_weight: float = 0.5, flip_swap: Optional[dict[int, int] | str] = "auto",
+                 refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4, chunk: int = 1024) -> None:
         self.encoder = encoder
         self.k = int(k)
         self.temperature = float(temperature)

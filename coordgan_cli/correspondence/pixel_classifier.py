@@ -52,7 +52,8 @@ class PixelClassifierMatcher(MatcherBase):
     def __init__(self, encoder: HypercolumnEncoder, *, members: int = 4, dims: int = 128, hidden: int = 128,
                  steps: int = 300, batch: int = 2048, lr: float = 3e-3, position: bool = True,
                  position_frequencies: int = 0, position_scale: float = 1.0, label_scale: int = 2,
-                 flip_swap: Optional[dict[int, int] | str] = None, refine: bool = True, seed: int = 0) -> None:
+                 flip_swap: Optional[dict[int, int] | str] = "auto", refine: bool = True,
+                 seed: int = 0) -> None:
         self.encoder = encoder
         self.members = int(members)
         self.dims = int(dims)
