@@ -68,5 +68,5 @@ def _make_loader(arch: str):
 
 
 for _arch in ARCHITECTURES:
-    register(_arch, needs_weights=True,
-             hint=f"a torchvision {_arch} state dict, e.g. the {_arch}-*.pth file torchvision caches")(_make_loader(_arch))
+    _hint = f"a torchvision {_arch} state dict, e.g. the {_arch}-*.pth file torchvision caches"
+    register(_arch, needs_weights=True, hint=_hint)(_make_loader(_arch))

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      mirror_pairs,                                                       pca_basis, position_channels,
-                                                      soft_labels)
+                                                      mirror_pairs, pca_basis, position_channels, soft_labels)
 from coordgan_cli.correspondence.upsample import upsample_probabilities
 from coordgan_cli.labelling.matchers import MatcherBase
 
@@ -52,7 +51,8 @@ class FeatureVoteMatcher(MatcherBase):
 
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
                  position_weight: float = 0.5, flip_swap: Optional[dict[int, int] | str] = "auto",
-                 refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4, chunk: int = 1024) -> None:
+                 refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4,
+                 chunk: int = 1024) -> None:
         self.encoder = encoder
         self.k = int(k)
         self.temperature = float(temperature)
@@ -84,7 +84,8 @@ class FeatureVoteMatcher(MatcherBase):
         return self
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   classes: Optional[Sequence[int]] = None, *, names: Optional[dict[int, str]] = None) -> "FeatureVoteMatcher":
+                   classes: Optional[Sequence[int]] = None, *,
+                   names: Optional[dict[int, str]] = None) -> "FeatureVoteMatcher":
         """Encode references. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: the class ids to predict (default: the ids in the masks, 255 excluded), sorted."""
         if not images or len(images) != len(masks):

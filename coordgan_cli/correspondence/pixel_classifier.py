@@ -20,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      mirror_pairs,                                                       pca_basis, position_channels,
-                                                      soft_labels)
+                                                      mirror_pairs, pca_basis, position_channels, soft_labels)
 from coordgan_cli.correspondence.upsample import upsample_probabilities
 from coordgan_cli.labelling.matchers import MatcherBase
 
@@ -105,7 +104,8 @@ class PixelClassifierMatcher(MatcherBase):
         return self
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   classes: Optional[Sequence[int]] = None, *, names: Optional[dict[int, str]] = None) -> "PixelClassifierMatcher":
+                   classes: Optional[Sequence[int]] = None, *,
+                   names: Optional[dict[int, str]] = None) -> "PixelClassifierMatcher":
         """Train the ensemble. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: ids to predict (default: those in the masks, 255 excluded), sorted."""
         if not images or len(images) != len(masks):

@@ -61,7 +61,8 @@ class FolderDataset:
         image, mask = self.image(i), self.mask(i)
         if image.shape[:2] != mask.shape:
             raise UserError(f"{self.mask_paths[i]}: mask is {mask.shape[1]}×{mask.shape[0]} but its image "
-                            f"{self.image_paths[i].name} is {image.shape[1]}×{image.shape[0]}; masks must match their images")
+                            f"{self.image_paths[i].name} is {image.shape[1]}×{image.shape[0]}; "
+                            "masks must match their images")
         return image, mask
 
 
@@ -75,7 +76,8 @@ def read_folder_dataset(root: str | Path) -> FolderDataset:
             raise UserError(f"{root / sub}: missing; a labelled folder has images/, masks/ and labels.json")
     labels_file = root / "labels.json"
     if not labels_file.is_file():
-        raise UserError(f"{labels_file}: missing; write the class names there (e.g. {{\"0\": \"background\", \"1\": \"hood\"}})")
+        raise UserError(f"{labels_file}: missing; write the class names there "
+                        "(e.g. {\"0\": \"background\", \"1\": \"hood\"})")
     labels = read_labels(labels_file)
     images = list_images(root / "images")
     if not images:
@@ -85,7 +87,8 @@ def read_folder_dataset(root: str | Path) -> FolderDataset:
         stem = path.relative_to(root / "images").with_suffix("").as_posix()
         found = [root / "masks" / (stem + s) for s in MASK_SUFFIXES if (root / "masks" / (stem + s)).is_file()]
         if not found:
-            raise UserError(f"{root / 'masks' / (stem + '.png')}: mask missing for image {path.relative_to(root).as_posix()}")
+            raise UserError(f"{root / 'masks' / (stem + '.png')}: mask missing for image "
+                            f"{path.relative_to(root).as_posix()}")
         if stem in names:
             raise UserError(f"{path}: two images share the name {stem!r} (they differ only by extension)")
         names.append(stem)
