@@ -83,7 +83,8 @@ def test_predict_numpy_and_pil_equal_the_correlation_transfer(faces: Path) -> No
     assert labels.dtype == np.uint8 and labels.shape == image.shape[:2]
     network, cfg = load_matcher(_shipped_matcher())
     expected, expected_conf = propagate_correlation(image, [(refs.images[0], refs.masks[0])], network,
-                                                    refs.num_classes, tau=cfg.tau, k=cfg.k, patch=cfg.patch)
+                                                    refs.num_classes, tau=cfg.tau, k=cfg.k, patch=cfg.patch,
+                                                    work_size=matcher.work_size)
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_allclose(confidence, expected_conf, atol=1e-6)
     probs, conf = matcher.predict_proba(image)

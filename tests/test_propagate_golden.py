@@ -87,7 +87,9 @@ def _runs(root: Path) -> dict[str, list[str]]:
         "coordinates_model": ["--ckpt", root / "encoder.pt", *a, "--queries", s / "images", "--mode", "hard"],
         "correlation": [*a, "--queries", s / "images", "--matcher", "correlation", "--matcher-ckpt",
                         root / "matcher.pt"],
-        "correlation_shipped": [*a, "--queries", s / "images", "--matcher", "correlation"],
+        # --work-size 0: the old code ran the matcher at each image's own size (the default is now
+        # its training size, tested in test_work_size.py).
+        "correlation_shipped": [*a, "--queries", s / "images", "--matcher", "correlation", "--work-size", "0"],
         "ensemble": ["--store", s / "maps.h5", *a, "--ref", s / "images/sub/c.png", "--mask", s / "masks/c.png",
                      "--queries", s / "images", "--matcher", "ensemble", "--matcher-ckpt", root / "matcher.pt",
                      "--report-limit", "2"],

@@ -426,6 +426,9 @@ def evaluate(
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (`coordgan "
                                                 "train-matcher`'s latest.pt): adds the correlation and ensemble "
                                                 "matchers to the table (default: the shipped matcher, if any)."),
+    work_size: Optional[int] = typer.Option(None, "--work-size", help="Shorter side (px) at which the feature "
+                                            "matcher sees references and queries (probabilities carried back to the "
+                                            "protocol's size). Default: its training size; 0: the protocol's size."),
     no_correlation: bool = typer.Option(False, "--no-correlation", help="Skip the correlation and ensemble "
                                         "matchers (the slow part on a CPU)."),
     tau: float = typer.Option(PAPER_TAU, "--tau", help="Soft-vote temperature (paper: 0.01)."),
@@ -461,6 +464,8 @@ def evaluate(
         raise UserError(f"--store {store}: file not found")
     if no_correlation and matcher_ckpt is not None:
         raise UserError("--no-correlation skips the matcher that --matcher-ckpt gives: use one or the other")
+    if no_correlation and work_size is not None:
+        raise UserError("--work-size sets the feature matcher's resolution, which --no-correlation skips: drop one")
     if matcher_ckpt is not None and not matcher_ckpt.is_file():
         raise UserError(f"--matcher-ckpt {matcher_ckpt}: file not found")
     if fid_real is not None:
@@ -537,12 +542,14 @@ def evaluate(
     if matcher_path is not None:
         from coordgan_cli.io.checkpoint import file_sha256
         from coordgan_cli.metrics.protocol import FeatureCorrelation
-        from coordgan_cli.training.matcher import load_matcher
+        from coordgan_cli.training.matcher import load_matcher, matcher_work_size
 
         network, mcfg = load_matcher(matcher_path, device)
-        correlation = FeatureCorrelation(network, tau=mcfg.tau, k=mcfg.k, patch=mcfg.patch, device=device)
+        matcher_size = matcher_work_size(matcher_path, mcfg, work_size)
+        correlation = FeatureCorrelation(network, tau=mcfg.tau, k=mcfg.k, patch=mcfg.patch, device=device,
+                                         work_size=matcher_size)
         correlation_info = {"checkpoint": str(matcher_path), "sha256": file_sha256(matcher_path), "tau": mcfg.tau,
-                            "k": mcfg.k, "patch": mcfg.patch,
+                            "k": mcfg.k, "patch": mcfg.patch, "work_size": matcher_size,
                             "resolution": 128 if protocol == "paper" else "native",
                             "ensemble": "mean of the coordinate vote's class shares and the correlation's"}
 

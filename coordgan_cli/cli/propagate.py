@@ -49,6 +49,9 @@ def propagate(
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (the "
                                                 "latest.pt of `coordgan train-matcher`) for --matcher correlation/"
                                                 "ensemble; its recipe's tau, k and patch drive the correlation."),
+    work_size: Optional[int] = typer.Option(None, "--work-size", help="Shorter side (px) at which --matcher correlation/"
+                                            "ensemble run the matcher; labels are carried back to each image's own "
+                                            "size. Default: the matcher's training size; 0: each image's own size."),
     report_limit: int = typer.Option(500, "--report-limit", help="Picture rows in report.html (least confident first)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -59,7 +62,7 @@ def propagate(
         state, ref=ref, mask=mask, queries=queries, out=out, ckpt=ckpt, model=model, store=store, refs=refs,
         ref_coco=ref_coco, labels_path=labels_path, mode=mode, tau=tau, min_confidence=min_confidence,
         resize_mask=resize_mask, polygons=polygons, ref_keypoints=ref_keypoints, matcher=matcher,
-        matcher_ckpt=matcher_ckpt, report_limit=report_limit)
+        matcher_ckpt=matcher_ckpt, report_limit=report_limit, work_size=work_size)
     if json_out:
         print_json(summary)
         return
@@ -75,7 +78,7 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
                   resize_mask: bool = False, matcher: str = "coordinates", ckpt: Optional[Path] = None,
                   model: Optional[str] = None, store: Optional[Path] = None, matcher_ckpt: Optional[Path] = None,
                   mode: str = "soft", tau: Optional[float] = None, ref_keypoints: Optional[Path] = None,
-                  **options: Any) -> dict[str, Any]:
+                  work_size: Optional[int] = None, **options: Any) -> dict[str, Any]:
     """``coordgan propagate`` with its options as keywords: checks, references, matcher, one
     ``label_folder`` call; returns the JSON summary (options: min_confidence, polygons, report_limit)."""
     from coordgan_cli.correspondence.vote import resolution_tau
@@ -89,6 +92,8 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
+    if work_size is not None and matcher == "coordinates":
+        raise UserError("--work-size sets the feature matcher's resolution: use it with --matcher correlation or ensemble")
     uses_maps = matcher in ("coordinates", "ensemble")  # these vote on correspondence maps
     if uses_maps and store is None:
         ckpt = _resolve_map_model(ckpt, model, state)
@@ -101,10 +106,12 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
     device = state.torch_device()
     found = {"coordinates": dict(store=store, ckpt=ckpt, device=device if store is None else "cpu", mode=mode,
                                  tau=tau),
-             "correlation": dict(matcher_ckpt=matcher_ckpt, device=device),
-             "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode, tau=tau)}
-    # A registered matcher of another name gets the device and, when given, --matcher-ckpt.
-    other = dict(device=device, **({"matcher_ckpt": matcher_ckpt} if matcher_ckpt is not None else {}))
+             "correlation": dict(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size),
+             "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode, tau=tau,
+                              work_size=work_size)}
+    # A registered matcher of another name gets the device and, when given, --matcher-ckpt and --work-size.
+    given = {"matcher_ckpt": matcher_ckpt, "work_size": work_size}
+    other = dict(device=device, **{k: v for k, v in given.items() if v is not None})
     return label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
                         keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
                         info=lambda m: info(m, state), warn=warn,

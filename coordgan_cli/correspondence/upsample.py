@@ -78,22 +78,40 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
             out[k] = mean(a) * guide + mean(b)
     else:
         channels = [np.ascontiguousarray(guide[..., c]) for c in range(3)]
-        mean_i = np.stack([mean(c) for c in channels], axis=-1)  # (H, W, 3)
-        sigma = np.empty((h, w, 3, 3), np.float32)
-        for i in range(3):
-            for j in range(i, 3):
-                sigma[..., i, j] = sigma[..., j, i] = (
-                    mean(channels[i] * channels[j]) - mean_i[..., i] * mean_i[..., j])
-        sigma += eps * np.eye(3, dtype=np.float32)
-        inverse = np.linalg.inv(sigma.astype(np.float64)).astype(np.float32)  # (H, W, 3, 3)
+        means = [mean(c) for c in channels]
+        inverse = _inverse_covariance(channels, means, mean, eps)  # {(i, j): (H, W)}, symmetric
         for k, p in enumerate(planes):
             mean_p = mean(p)
-            cov_ip = np.stack([mean(c * p) for c in channels], axis=-1) - mean_i * mean_p[..., None]
-            a = np.einsum("hwij,hwj->hwi", inverse, cov_ip)
-            b = mean_p - np.einsum("hwi,hwi->hw", a, mean_i)
-            mean_a = np.stack([mean(a[..., c]) for c in range(3)], axis=-1)
-            out[k] = np.einsum("hwi,hwi->hw", mean_a, guide) + mean(b)
+            cov = [mean(c * p) - m * mean_p for c, m in zip(channels, means)]
+            a = [inverse[i, 0] * cov[0] + inverse[i, 1] * cov[1] + inverse[i, 2] * cov[2] for i in range(3)]
+            b = mean_p - a[0] * means[0] - a[1] * means[1] - a[2] * means[2]
+            out[k] = mean(a[0]) * channels[0] + mean(a[1]) * channels[1] + mean(a[2]) * channels[2] + mean(b)
     return out[0] if single else out
+
+
+def _inverse_covariance(channels: list[np.ndarray], means: list[np.ndarray], mean, eps: float
+                        ) -> dict[tuple[int, int], np.ndarray]:
+    """Per-pixel inverse of the windowed 3×3 colour covariance + eps·I, by cofactors (float64
+    arithmetic, float32 result): entries (i, j) → (H, W)."""
+    s = {}
+    for i in range(3):
+        for j in range(i, 3):
+            s[i, j] = (mean(channels[i] * channels[j]) - means[i] * means[j]).astype(np.float64)
+            s[j, i] = s[i, j]
+    for i in range(3):
+        s[i, i] = s[i, i] + eps
+    c00 = s[1, 1] * s[2, 2] - s[1, 2] * s[1, 2]
+    c01 = s[0, 2] * s[1, 2] - s[0, 1] * s[2, 2]
+    c02 = s[0, 1] * s[1, 2] - s[0, 2] * s[1, 1]
+    c11 = s[0, 0] * s[2, 2] - s[0, 2] * s[0, 2]
+    c12 = s[0, 1] * s[0, 2] - s[0, 0] * s[1, 2]
+    c22 = s[0, 0] * s[1, 1] - s[0, 1] * s[0, 1]
+    det = s[0, 0] * c00 + s[0, 1] * c01 + s[0, 2] * c02
+    cof = {(0, 0): c00, (0, 1): c01, (0, 2): c02, (1, 1): c11, (1, 2): c12, (2, 2): c22}
+    inverse = {}
+    for (i, j), c in cof.items():
+        inverse[i, j] = inverse[j, i] = (c / det).astype(np.float32)
+    return inverse
 
 
 def default_radius(low: tuple[int, int], high: tuple[int, int]) -> int:
@@ -107,7 +125,8 @@ def upsample_probabilities(probs: np.ndarray, size: tuple[int, int], guide: Opti
                            radius: Optional[int] = None, eps: float = 1e-4) -> np.ndarray:
     """Class probabilities (K, h, w) → (K, H, W) at ``size`` = (H, W), float32.
 
-    Bilinear upsampling (pixel-centre aligned, like ``cv2.resize``/``align_corners=False``); with a
+    Bilinear upsampling (pixel-centre aligned, like ``cv2.resize``/``align_corners=False``; area
+    averaging when ``size`` is smaller than the input); with a
     ``guide`` image (H, W, 3) uint8 (or (H, W)), each class plane is then refined by
     :func:`guided_filter` so that boundaries follow the image's edges, clipped at 0 and
     renormalised so every pixel sums to 1 (pixels where every class was clipped keep the bilinear
@@ -121,8 +140,9 @@ def upsample_probabilities(probs: np.ndarray, size: tuple[int, int], guide: Opti
     if (h, w) == (height, width):
         up = probs.copy()
     else:
-        up = np.stack([cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=cv2.INTER_LINEAR)
-                       for p in probs])
+        # Area averaging where the output is smaller (a query enlarged to the working size).
+        interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+        up = np.stack([cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=interp) for p in probs])
     if guide is None:
         return up
     if guide.shape[:2] != (height, width):

@@ -272,17 +272,21 @@ class CorrelationMatcher(MatcherBase):
 
     name = "correlation"
 
-    def __init__(self, *, matcher_ckpt: Optional[Path] = None, device: Any = None) -> None:
+    def __init__(self, *, matcher_ckpt: Optional[Path] = None, device: Any = None,
+                 work_size: Optional[int] = None) -> None:
         import torch
 
         from coordgan_cli.inference import resolve_matcher
         from coordgan_cli.io.checkpoint import file_sha256
-        from coordgan_cli.training.matcher import load_matcher
+        from coordgan_cli.training.matcher import load_matcher, matcher_work_size
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         path = resolve_matcher(matcher_ckpt)
         self.network, self.config = load_matcher(path, self.device)
         self.sha256 = file_sha256(path)
+        # The shorter side the matcher sees (None: each image's own size): --work-size, the recipe's
+        # matcher.work_size, else the size it was trained at.
+        self.work_size = matcher_work_size(path, self.config, work_size)
         self.prepared = None
 
     def fit(self, references: References) -> None:
@@ -291,7 +295,7 @@ class CorrelationMatcher(MatcherBase):
         self.references = references
         self.prepared = prepare_correlation_references(
             list(zip(references.images, references.masks)), self.network, references.num_classes,
-            device=self.device, patch=self.config.patch)
+            device=self.device, patch=self.config.patch, work_size=self.work_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) query → (K, H, W) float32 warped one-hot reference labels."""
@@ -299,7 +303,8 @@ class CorrelationMatcher(MatcherBase):
 
         self._fitted()
         probabilities = correlation_probabilities(image, self.prepared, self.network, tau=self.config.tau,
-                                                  k=self.config.k, device=self.device, patch=self.config.patch)
+                                                  k=self.config.k, device=self.device, patch=self.config.patch,
+                                                  work_size=self.work_size)
         return probabilities.float().cpu().numpy()
 
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +312,10 @@ class CorrelationMatcher(MatcherBase):
         return probs, winning_share(probs)
 
     def settings(self) -> dict[str, Any]:
-        return {"matcher": self.name, "matcher_sha256": self.sha256}
+        settings = {"matcher": self.name, "matcher_sha256": self.sha256}
+        if self.work_size is not None:
+            settings["work_size"] = self.work_size
+        return settings
 
 
 class EnsembleMatcher(MatcherBase):
@@ -319,9 +327,9 @@ class EnsembleMatcher(MatcherBase):
 
     def __init__(self, *, members: Optional[list[Matcher]] = None, store: Optional[Path] = None,
                  ckpt: Optional[Path] = None, matcher_ckpt: Optional[Path] = None, device: Any = None,
-                 mode: str = "soft", tau: Optional[float] = None) -> None:
+                 mode: str = "soft", tau: Optional[float] = None, work_size: Optional[int] = None) -> None:
         if members is None:
-            correlation = CorrelationMatcher(matcher_ckpt=matcher_ckpt, device=device)
+            correlation = CorrelationMatcher(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size)
             coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device if store is None else "cpu",
                                              mode=mode, tau=tau)
             members = [coordinates, correlation]

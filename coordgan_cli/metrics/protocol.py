@@ -156,28 +156,33 @@ class FeatureCorrelation:
     per-query class probabilities.
 
     ``network`` maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features; ``tau``, ``k`` and
-    ``patch`` are the matcher's own settings (its checkpoint's recipe).
+    ``patch`` are the matcher's own settings (its checkpoint's recipe). ``work_size``: the matcher
+    sees references and queries with that shorter side and the query's probabilities are carried
+    back to its size (``correlation.carry_back``, guided by the query image unless ``refine`` is
+    False); None = the images' own sizes.
     """
 
     def __init__(self, network: torch.nn.Module, *, tau: float, k: Optional[int], patch: bool,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", work_size: Optional[int] = None, refine: bool = True) -> None:
         import torch
         self.network, self.tau, self.k, self.patch = network, tau, k, patch
         self.device = torch.device(device)
+        self.work_size, self.refine = work_size, refine
 
     def prepare(self, refs: Sequence[tuple[np.ndarray, np.ndarray]]):
         """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
         labels at the image's size. Positions carrying no label mass (ignore) are left out.
         Returns ``correlation.CorrelationReferences`` pooling every reference's positions."""
         import torch
-        from coordgan_cli.correspondence.correlation import CorrelationReferences, _image_tensor, normalise_features
+        from coordgan_cli.correspondence.correlation import CorrelationReferences, resize_labels, work_shape
 
         feats, values = [], []
         with torch.no_grad():
             for image, labels in refs:
                 if labels.shape[1:] != image.shape[:2]:
                     raise ValueError(f"labels {labels.shape[1:]} and image {image.shape[:2]} differ in size")
-                f = normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+                f = self.features(image)
+                labels = resize_labels(labels, work_shape(image.shape[:2], self.work_size))
                 lab = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)).to(self.device)
                 lab = lab.reshape(lab.shape[0], -1)
                 keep = lab.sum(dim=0) > 0
@@ -186,29 +191,40 @@ class FeatureCorrelation:
         return CorrelationReferences(torch.cat(feats, dim=1), torch.cat(values, dim=1))
 
     def features(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) → normalised matcher features (D', H, W) (reusable across references)."""
+        """uint8 (H, W, 3) → normalised matcher features (D', h, w) at the working size
+        (``correlation.work_shape``; reusable across references)."""
         import torch
-        from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features
+        from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features, resize_image, work_shape
 
+        small = resize_image(image, work_shape(image.shape[:2], self.work_size))
         with torch.no_grad():
-            return normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+            return normalise_features(self.network(_image_tensor(small, self.device))[0], patch=self.patch)
 
-    def probabilities(self, query, prepared) -> np.ndarray:
-        """Query image uint8 (H, W, 3) — or its :meth:`features` — → (C, H, W) float32 warped
-        reference labels (top-k chunked correlation; pixels sum to the labels' mass, ≤ 1)."""
+    def probabilities(self, query, prepared, image: Optional[np.ndarray] = None) -> np.ndarray:
+        """Query image uint8 (H, W, 3) — or its :meth:`features` with the image itself as
+        ``image`` — → (C, H, W) float32 warped reference labels at the image's size (top-k chunked
+        correlation at the working size, carried back with guided refinement; without a working
+        size pixels sum to the labels' mass, ≤ 1)."""
         import torch
-        from coordgan_cli.correspondence.correlation import correlation_chunked
+        from coordgan_cli.correspondence.correlation import carry_back, correlation_chunked
 
-        feats = self.features(query) if isinstance(query, np.ndarray) else query
+        if isinstance(query, np.ndarray):
+            image = query if image is None else image
+            feats = self.features(query)
+        else:
+            feats = query
+        size = tuple(image.shape[:2]) if image is not None else tuple(feats.shape[1:])
         if prepared.features.shape[1] == 0:
-            out = np.zeros((prepared.onehot.shape[0],) + tuple(feats.shape[1:]), np.float32)
+            out = np.zeros((prepared.onehot.shape[0],) + size, np.float32)
             out[0] = 1.0
             return out
         with torch.no_grad():
             # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
             result = correlation_chunked(feats, prepared.features.unsqueeze(1), prepared.onehot.unsqueeze(1),
                                          tau=self.tau, k=self.k, normalise=False)
-        return result.probabilities.float().cpu().numpy()
+        probabilities = (result.probabilities if image is None
+                         else carry_back(result.probabilities, image, refine=self.refine))
+        return probabilities.float().cpu().numpy()
 
 
 def _fused_labels(*probabilities: np.ndarray) -> np.ndarray:
@@ -266,14 +282,15 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         scored = (truth > 0) & (truth != IGNORE)
         qmap = source.map(q, hw)
         # The query's matcher features, computed once for all references.
-        q_feats = correlation.features(resize_image(_read_image(q), hw)) if correlation is not None else None
+        q_image = resize_image(_read_image(q), hw) if correlation is not None else None
+        q_feats = correlation.features(q_image) if correlation is not None else None
         for name, coords, labels, ref_hard in refs:
             if correlation is None:
                 pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored)
             else:
                 pred, shares = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored,
                                             with_probabilities=True)
-                corr = correlation.probabilities(q_feats, corr_refs[name])
+                corr = correlation.probabilities(q_feats, corr_refs[name], image=q_image)
                 others["correlation"][name].update(corr.argmax(axis=0).astype(np.uint8), truth)
                 others["ensemble"][name].update(_fused_labels(shares, corr), truth)
             acc[name].update(pred, truth)

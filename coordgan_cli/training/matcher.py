@@ -41,8 +41,9 @@ from coordgan_cli.models.matcher import FeatureMatcher
 from coordgan_cli.training import distributed
 from coordgan_cli.training.run_dir import RunDir
 
-# Fields of [matcher] that may change between a run and its resumption (the length of the run).
-_RESUMABLE_CHANGES = ("steps",)
+# Fields of [matcher] that may change between a run and its resumption (the length of the run,
+# and work_size, which only matters when the trained matcher is used).
+_RESUMABLE_CHANGES = ("steps", "work_size")
 
 
 @dataclasses.dataclass
@@ -85,6 +86,22 @@ def load_matcher(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     matcher = build_matcher(recipe.matcher)
     load_state_strict(matcher, data["networks"]["matcher"], "matcher", path)
     return matcher.to(device).eval(), recipe.matcher
+
+
+def matcher_work_size(path: str | Path, cfg: MatcherConfig, requested: Optional[int] = None) -> Optional[int]:
+    """The shorter side (px) at which to run a trained matcher: ``requested`` (``--work-size``;
+    0 = each image's own size), else the recipe's ``matcher.work_size``, else the size its
+    training pairs had (the checkpoint's pair source). None = the images' own sizes (a checkpoint
+    that records no training size)."""
+    if requested is not None:
+        if requested < 0:
+            raise UserError(f"--work-size must be a positive number of pixels (or 0 for each image's own size), "
+                            f"got {requested}")
+        return requested or None
+    if cfg.work_size:
+        return cfg.work_size
+    size = (load_checkpoint(path).get("extra") or {}).get("source", {}).get("size")
+    return int(min(size)) if size else None
 
 
 # --- pair sources ---------------------------------------------------------------------------
