@@ -206,7 +206,7 @@ def test_registered_and_fitted_on_references(name):
     ref, mask = halves(96, 96, RED, BLUE), halves_mask(96, 96)
     refs = References.from_pairs([(ref, mask)], labels=labels)
     options = {"members": 2, "dims": 8, "hidden": 16, "steps": 40} if name == "classifier" else {"k": 8}
-    matcher = make_matcher(name, working_size=128, layers=["conv_4", "mixed_2"], flip_swap="auto", **options)
+    matcher = make_matcher(name, work_size=128, layers=["conv_4", "mixed_2"], flip_swap="auto", **options)
     assert isinstance(matcher, Matcher) and matcher.name == name
     matcher.fit(refs)
     assert matcher.classes == list(refs.classes) == [0, 1, 2, 3]
@@ -217,3 +217,34 @@ def test_registered_and_fitted_on_references(name):
     assert labels_map.dtype == np.uint8 and set(np.unique(labels_map)) <= {0, 1, 2, 3}
     # Class 0 and 3 appear in no reference: (almost) never predicted.
     assert np.isin(labels_map, [1, 2]).mean() > 0.95
+
+
+def test_propagate_cli_runs_the_features_matcher_on_mixed_sizes(tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from coordgan_cli.cli import app
+
+    Image.fromarray(halves(64, 64, RED, BLUE)).save(tmp_path / "ref.png")
+    Image.fromarray(halves_mask(64, 64), mode="L").save(tmp_path / "ref_mask.png")
+    (tmp_path / "q").mkdir()
+    Image.fromarray(halves(48, 80, BLUE, RED)).save(tmp_path / "q" / "a.jpg", quality=95)
+    Image.fromarray(halves(90, 60, RED, BLUE)).save(tmp_path / "q" / "b.png")
+    result = CliRunner().invoke(app, ["--quiet", "--device", "cpu", "propagate", "--matcher", "features",
+                                      "--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"),
+                                      "--queries", str(tmp_path / "q"), "--out", str(tmp_path / "out"),
+                                      "--work-size", "96", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["count"] == 2 and summary["matcher"] == "features"
+    from coordgan_cli.io.masks import read_mask
+
+    a = read_mask(tmp_path / "out" / "labels" / "a.png")
+    assert a.shape == (48, 80) and interior_accuracy(a, halves_mask(48, 80, 2, 1), margin=12) > 0.95
+    assert read_mask(tmp_path / "out" / "labels" / "b.png").shape == (90, 60)
+    bad = CliRunner().invoke(app, ["--quiet", "propagate", "--matcher", "features", "--work-size", "8",
+                                   "--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"),
+                                   "--queries", str(tmp_path / "q"), "--out", str(tmp_path / "out2")])
+    assert bad.exit_code == 2 and "--work-size must be at least 32" in bad.output

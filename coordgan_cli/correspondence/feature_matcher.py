@@ -78,6 +78,13 @@ class FeatureVoteMatcher(MatcherBase):
         self.fit_arrays(references.images, references.masks, references.classes,
                         names=dict(references.labels.names))
 
+    def settings(self) -> dict:
+        """What the propagate resume key records."""
+        return {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
+                "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size, "k": self.k,
+                "temperature": self.temperature, "position_weight": self.position_weight, "dims": self.dims,
+                "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine}
+
     def _fitted(self):
         if not self.classes:
             raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")

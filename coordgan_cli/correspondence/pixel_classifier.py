@@ -98,6 +98,14 @@ class PixelClassifierMatcher(MatcherBase):
         self.fit_arrays(references.images, references.masks, references.classes,
                         names=dict(references.labels.names))
 
+    def settings(self) -> dict:
+        """What the propagate resume key records."""
+        return {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
+                "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size,
+                "members": self.members, "dims": self.dims, "hidden": self.hidden, "steps": self.steps,
+                "position": self.position, "flip": self.flip_swap is not None, "refine": self.refine,
+                "seed": self.seed}
+
     def _fitted(self):
         if not self.classes:
             raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
