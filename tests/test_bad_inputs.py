@@ -141,6 +141,61 @@ def _empty_folder(tmp: Path) -> Path:
     return _folder(tmp / "empty")
 
 
+def _propagate(fx: Fx, tmp: Path, *extra: str, ref: Path | None = None, mask: Path | None = None,
+               queries: Path | None = None, out: Path | None = None, store: Path | None | bool = True) -> list[str]:
+    """``propagate`` on the synthetic set beside ``fx.store`` (one reference, its maps from the store),
+    with one part swapped for a bad one. ``store=False``: no --store (for correlation runs)."""
+    synth = fx.store.parent
+    args = ["propagate", "--ref", str(ref or synth / "images" / "000000.png"),
+            "--mask", str(mask or synth / "masks" / "000000.png"), "--queries", str(queries or synth / "images"),
+            "--out", str(out or tmp / "o")]
+    if store is not False:
+        args += ["--store", str(fx.store if store is True else store)]
+    return [*args, *extra]
+
+
+def _correlation(fx: Fx, tmp: Path, *extra: str, **parts) -> list[str]:
+    return _propagate(fx, tmp, "--matcher", "correlation", "--matcher-ckpt", str(fx.matcher), *extra, store=False,
+                      **parts)
+
+
+def _file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _other_size_mask(fx: Fx, tmp: Path) -> Path:
+    from coordgan_cli.io.masks import read_labels, read_mask, write_mask
+
+    mask = np.kron(read_mask(fx.store.parent / "masks" / "000000.png"), np.ones((2, 2), np.uint8))
+    write_mask(tmp / "big_mask.png", mask, read_labels(fx.store.parent / "labels.json"))
+    return tmp / "big_mask.png"
+
+
+def _synth_copy(fx: Fx, tmp: Path, **replace: Path) -> Path:
+    """A copy of the synthetic set beside ``fx.store`` with files replaced: {"images/000001.png": bad}
+    (given as images__000001_png=bad)."""
+    copy = tmp / "set"
+    shutil.copytree(fx.store.parent, copy)
+    for key, bad in replace.items():
+        folder, name = key.split("__")
+        shutil.copy(bad, copy / folder / name.replace("_png", ".png"))
+    return copy
+
+
+def _evaluate(fx: Fx, tmp: Path, *extra: str, root: Path | None = None, store: Path | None | bool = True,
+              correlation: bool = False) -> list[str]:
+    """``evaluate`` on the synthetic set beside ``fx.store`` (1 reference, 1 query), maps from the store."""
+    args = ["evaluate", "--dataset", "synthetic", "--root", str(root or fx.store.parent)]
+    if store is not False:
+        args += ["--store", str(fx.store if store is True else store)]
+    return [*args, *([] if correlation else ["--no-correlation"]), *extra]
+
+
+def _demo(fx: Fx, tmp: Path, out: Path, *extra: str) -> list[str]:
+    return ["demo", str(out), "--count", "1", "--size", "16", "--matcher", "correlation", *extra]
+
+
 # (id, arguments, what the error line must contain: a str, or a function of (fx, tmp) giving it)
 CASES: list[tuple[str, Args, object]] = [
     # --- synth ---------------------------------------------------------------------------------
@@ -245,6 +300,114 @@ CASES: list[tuple[str, Args, object]] = [
     ("info-not-toml", lambda fx, t: ["info", str(fx.bad_toml)], lambda fx, t: str(fx.bad_toml)),
     ("info-bad-device", lambda fx, t: ["--device", "tpu", "info", str(fx.recipe)], "--device"),
     ("models-bad-device", lambda fx, t: ["--device", "cuda:x", "models"], "--device"),
+    # --- propagate -----------------------------------------------------------------------------
+    ("propagate-out-is-a-file", lambda fx, t: _propagate(fx, t, out=fx.afile), lambda fx, t: str(fx.afile)),
+    ("propagate-out-under-a-file", lambda fx, t: _propagate(fx, t, out=fx.afile / "o"), lambda fx, t: str(fx.afile)),
+    ("propagate-correlation-out-is-a-file", lambda fx, t: _correlation(fx, t, out=fx.afile),
+     lambda fx, t: str(fx.afile)),
+    ("propagate-fails-in-new-nested-folders", lambda fx, t: _propagate(fx, t, out=t / "a" / "b" / "o", ref=fx.bomb),
+     lambda fx, t: str(fx.bomb)),
+    *[(f"propagate-reference-{kind}", (lambda k: lambda fx, t: _propagate(fx, t, ref=getattr(fx, k)))(kind),
+       (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
+    *[(f"propagate-correlation-reference-{kind}", (lambda k: lambda fx, t: _correlation(fx, t, ref=getattr(fx, k)))(
+        kind), (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
+    *[(f"propagate-mask-{kind}", (lambda k: lambda fx, t: _propagate(fx, t, mask=getattr(fx, k)))(kind),
+       (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
+    # A query that cannot be read is skipped with a warning; when none can be labelled it is an error.
+    *[(f"propagate-query-{kind}", (lambda k: lambda fx, t: _propagate(fx, t, queries=getattr(fx, k)))(kind),
+       (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
+    *[(f"propagate-correlation-query-{kind}", (lambda k: lambda fx, t: _correlation(fx, t, queries=getattr(fx, k)))(
+        kind), (lambda k: lambda fx, t: str(getattr(fx, k)))(kind)) for kind in BROKEN],
+    ("propagate-queries-all-broken", lambda fx, t: _propagate(fx, t, queries=fx.bomb.parent),
+     lambda fx, t: str(fx.bomb.parent)),
+    ("propagate-reference-missing", lambda fx, t: _propagate(fx, t, ref=t / "none.png"), "none.png"),
+    ("propagate-mask-missing", lambda fx, t: _propagate(fx, t, mask=t / "none.png"), "none.png"),
+    ("propagate-mask-other-size", lambda fx, t: _propagate(fx, t, mask=_other_size_mask(fx, t)), "big_mask.png"),
+    ("propagate-mask-random-npy", lambda fx, t: _propagate(fx, t, mask=shutil.copy(fx.random_pt, t / "m.npy")),
+     "m.npy"),
+    ("propagate-empty-query-folder", lambda fx, t: _propagate(fx, t, queries=_empty_folder(t)), "empty"),
+    ("propagate-correlation-empty-query-folder", lambda fx, t: _correlation(fx, t, queries=_empty_folder(t)), "empty"),
+    ("propagate-empty-query-list", lambda fx, t: _propagate(fx, t, queries=_file(t / "list.txt", "# nothing\n")),
+     "list.txt"),
+    ("propagate-queries-missing", lambda fx, t: _propagate(fx, t, queries=t / "nowhere"), "nowhere"),
+    ("propagate-query-not-in-store", lambda fx, t: _propagate(fx, t, queries=fx.images),
+     lambda fx, t: str(fx.store)),
+    ("propagate-store-random-bytes", lambda fx, t: _propagate(fx, t, store=fx.random_pt),
+     lambda fx, t: str(fx.random_pt)),
+    ("propagate-store-zero-bytes", lambda fx, t: _propagate(fx, t, store=fx.zero_pt), lambda fx, t: str(fx.zero_pt)),
+    ("propagate-store-missing", lambda fx, t: _propagate(fx, t, store=t / "none.h5"), "none.h5"),
+    ("propagate-store-is-a-checkpoint", lambda fx, t: _propagate(fx, t, store=fx.gen), lambda fx, t: str(fx.gen)),
+    ("propagate-matcher-ckpt-random-bytes", lambda fx, t: _propagate(
+        fx, t, "--matcher", "correlation", "--matcher-ckpt", str(fx.random_pt), store=False),
+     lambda fx, t: str(fx.random_pt)),
+    ("propagate-matcher-ckpt-zero-bytes", lambda fx, t: _propagate(
+        fx, t, "--matcher", "correlation", "--matcher-ckpt", str(fx.zero_pt), store=False),
+     lambda fx, t: str(fx.zero_pt)),
+    ("propagate-matcher-ckpt-is-a-generator", lambda fx, t: _propagate(
+        fx, t, "--matcher", "correlation", "--matcher-ckpt", str(fx.gen), store=False), lambda fx, t: str(fx.gen)),
+    ("propagate-ensemble-matcher-ckpt-random-bytes", lambda fx, t: _propagate(
+        fx, t, "--matcher", "ensemble", "--matcher-ckpt", str(fx.random_pt)), lambda fx, t: str(fx.random_pt)),
+    ("propagate-ckpt-random-bytes", lambda fx, t: _propagate(fx, t, "--ckpt", str(fx.random_pt), store=False),
+     lambda fx, t: str(fx.random_pt)),
+    ("propagate-refs-file-missing", lambda fx, t: ["propagate", "--refs", str(t / "pairs.txt"), "--queries",
+                                                   str(fx.images), "--out", str(t / "o"), "--store", str(fx.store)],
+     "pairs.txt"),
+    ("propagate-labels-not-json", lambda fx, t: _propagate(fx, t, "--labels", str(fx.random_pt)),
+     lambda fx, t: str(fx.random_pt)),
+    ("propagate-ref-coco-not-json", lambda fx, t: ["propagate", "--ref", str(fx.store.parent / "images" / "000000.png"),
+                                                   "--ref-coco", str(fx.bad_toml), "--queries", str(fx.images),
+                                                   "--out", str(t / "o"), "--store", str(fx.store)],
+     lambda fx, t: str(fx.bad_toml)),
+    ("propagate-ref-keypoints-not-json", lambda fx, t: _propagate(fx, t, "--ref-keypoints", str(fx.bad_toml)),
+     lambda fx, t: str(fx.bad_toml)),
+    ("propagate-report-limit-negative", lambda fx, t: _propagate(fx, t, "--report-limit", "-1"), "--report-limit"),
+    ("propagate-bad-device", lambda fx, t: ["--device", "tpu", *_propagate(fx, t)], "--device"),
+    ("propagate-existing-out-other-settings", lambda fx, t: _propagate(
+        fx, t, "--mode", "hard", out=_file(_folder(t / "o") / "progress.jsonl", '{"settings": "other"}\n').parent),
+     "progress.jsonl"),
+    # --- evaluate ------------------------------------------------------------------------------
+    ("evaluate-out-is-a-file", lambda fx, t: _evaluate(fx, t, "--out", str(fx.afile)),
+     lambda fx, t: f"{fx.afile}: exists and is a file"),
+    ("evaluate-out-under-a-file", lambda fx, t: _evaluate(fx, t, "--out", str(fx.afile / "results")),
+     lambda fx, t: f"{fx.afile / 'results'}: cannot write here"),
+    ("evaluate-fails-in-new-nested-folders", lambda fx, t: _evaluate(fx, t, "--out", str(t / "a" / "b" / "results"),
+                                                                     store=fx.random_pt),
+     lambda fx, t: str(fx.random_pt)),
+    *[(f"evaluate-query-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, images__000001_png=getattr(fx, k))))(kind), "000001.png") for kind in BROKEN],
+    *[(f"evaluate-reference-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, images__000000_png=getattr(fx, k))))(kind), "000000.png") for kind in BROKEN],
+    *[(f"evaluate-mask-{kind}", (lambda k: lambda fx, t: _evaluate(
+        fx, t, root=_synth_copy(fx, t, masks__000001_png=getattr(fx, k))))(kind), "000001.png") for kind in BROKEN],
+    ("evaluate-correlation-query-bomb", lambda fx, t: _evaluate(
+        fx, t, "--matcher-ckpt", str(fx.matcher), root=_synth_copy(fx, t, images__000001_png=fx.bomb),
+        correlation=True), "000001.png"),
+    ("evaluate-store-random-bytes", lambda fx, t: _evaluate(fx, t, store=fx.random_pt),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-store-zero-bytes", lambda fx, t: _evaluate(fx, t, store=fx.zero_pt), lambda fx, t: str(fx.zero_pt)),
+    ("evaluate-store-missing", lambda fx, t: _evaluate(fx, t, store=t / "none.h5"), "none.h5"),
+    ("evaluate-matcher-ckpt-random-bytes", lambda fx, t: _evaluate(fx, t, "--matcher-ckpt", str(fx.random_pt),
+                                                                   correlation=True),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-matcher-ckpt-is-a-generator", lambda fx, t: _evaluate(fx, t, "--matcher-ckpt", str(fx.gen),
+                                                                     correlation=True), lambda fx, t: str(fx.gen)),
+    ("evaluate-ckpt-random-bytes", lambda fx, t: _evaluate(fx, t, "--ckpt", str(fx.random_pt), store=False),
+     lambda fx, t: str(fx.random_pt)),
+    ("evaluate-empty-query-folder", lambda fx, t: _evaluate(
+        fx, t, root=_file(_folder(_folder(_folder(t / "s") / "images").parent / "masks").parent / "labels.json",
+                          (fx.store.parent / "labels.json").read_text()).parent), "no images"),
+    ("evaluate-no-queries-left", lambda fx, t: _evaluate(fx, t, "--refs", "000000.png,000001.png"), "no query"),
+    ("evaluate-root-missing", lambda fx, t: _evaluate(fx, t, root=t / "nowhere"), "nowhere"),
+    ("evaluate-queries-zero", lambda fx, t: _evaluate(fx, t, "--queries", "0"), "--queries"),
+    ("evaluate-bad-dataset", lambda fx, t: ["evaluate", "--dataset", "pets", "--root", str(fx.store.parent)],
+     "--dataset"),
+    ("evaluate-bad-device", lambda fx, t: ["--device", "tpu", *_evaluate(fx, t)], "--device"),
+    # --- demo ----------------------------------------------------------------------------------
+    ("demo-out-is-a-file", lambda fx, t: _demo(fx, t, fx.afile), lambda fx, t: str(fx.afile)),
+    ("demo-out-under-a-file", lambda fx, t: _demo(fx, t, fx.afile / "demo"), lambda fx, t: str(fx.afile)),
+    ("demo-count-zero", lambda fx, t: _demo(fx, t, t / "demo", "--count", "0"), "--count"),
+    ("demo-bad-matcher", lambda fx, t: _demo(fx, t, t / "demo", "--matcher", "nearest"), "--matcher"),
+    ("demo-model-unknown", lambda fx, t: ["demo", str(t / "demo"), "--model", "no-such-model"], "no-such-model"),
 ]
 
 READONLY_CASES: list[tuple[str, Args, object]] = [
@@ -258,6 +421,11 @@ READONLY_CASES: list[tuple[str, Args, object]] = [
      lambda fx, t: str(fx.readonly)),
     ("train-matcher-out-read-only", lambda fx, t: ["train-matcher", str(fx.recipe), "--out", str(fx.readonly / "m"),
                                                    "--store", str(fx.store)], lambda fx, t: str(fx.readonly)),
+    ("propagate-out-read-only", lambda fx, t: _propagate(fx, t, out=fx.readonly / "o"),
+     lambda fx, t: str(fx.readonly)),
+    ("demo-out-read-only", lambda fx, t: _demo(fx, t, fx.readonly / "demo"), lambda fx, t: str(fx.readonly)),
+    ("evaluate-out-read-only", lambda fx, t: _evaluate(fx, t, "--out", str(fx.readonly / "results")),
+     lambda fx, t: f"{fx.readonly / 'results'}: cannot write here"),
 ]
 
 

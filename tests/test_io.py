@@ -206,6 +206,31 @@ def test_store_put_and_merge(tmp_path):
         store.copy_rows([tmp_path / "a.h5", tmp_path / "a.h5"], tmp_path / "dup.h5")
 
 
+def test_labels_writer_rows_resume_and_overwrite(tmp_path):
+    path = tmp_path / "labels.h5"
+    lab = [np.full((5, 6), i, np.uint8) for i in range(3)]
+    conf = [np.full((5, 6), 0.25 * (i + 1), np.float32) for i in range(3)]
+    with store.LabelsWriter(path, size=(5, 6), store=tmp_path / "maps.h5") as w:
+        assert w.put("a.png", lab[0], conf[0]) == 0 and w.put("sub/b.png", lab[1], conf[1]) == 1
+        with pytest.raises(ValueError, match="must be"):
+            w.put("c.png", lab[0][:4], conf[0][:4])
+    # A writer killed after growing the datasets but before raising ``complete``: the row is dropped.
+    with h5py.File(path, "r+") as f:
+        for name in ("names", "labels", "confidence"):
+            f[name].resize(3, axis=0)
+    with store.LabelsWriter(path, size=(5, 6), store=tmp_path / "maps.h5") as w:
+        assert len(w) == 2
+        assert w.put("a.png", lab[2], conf[2]) == 0  # a redone query overwrites its row
+        assert w.put("c.png", lab[1], conf[1]) == 2
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "coordgan.labels-store" and list(f.attrs["size"]) == [5, 6]
+        assert f.attrs["complete"] == 3 and [n.decode() for n in f["names"][:]] == ["a.png", "sub/b.png", "c.png"]
+        np.testing.assert_array_equal(f["labels"][0], lab[2])
+        assert f["confidence"].dtype == np.float16 and f["confidence"][0].max() == 0.75
+    with pytest.raises(UserError, match="another layout"):
+        store.LabelsWriter(path, size=(6, 6), store=tmp_path / "maps.h5")
+
+
 def test_store_survives_repeated_kill_9(tmp_path):
     """A writer killed at arbitrary moments leaves a store that reads and resumes."""
     import subprocess
@@ -240,3 +265,24 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     atomic.atomic_write_text(tmp_path / "a.txt", "x")
     (tmp_path / "b.txt").write_text("x")
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
+
+
+def test_a_store_open_for_writing_elsewhere_is_named_as_such(tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "maps.h5"
+    with store.StoreWriter(path, size=(5, 6), source="model") as w:
+        w.append("a.png", _rows(1)[0][1])
+    hold = "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\nprint('open', flush=True)\nsys.stdin.read()\n"
+    writer = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(UserError, match="maps.h5: another program is writing this store"):
+            store.StoreReader(path)
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    with store.StoreReader(path) as r:  # and once it is done, the store reads
+        assert r.names == ["a.png"]

@@ -168,7 +168,7 @@ def test_coordinates_predict_by_name_equals_label_folder(faces: Path, tmp_path: 
     refs = References.from_pairs([(faces / "images/000000.png", faces / "masks/000000.png")], root=faces / "images")
     label_folder(refs, faces / "images", tmp_path / "out", matcher="coordinates",
                  store=faces / "correspondence.h5")
-    matcher = make_matcher("coordinates", store=faces / "correspondence.h5", write_back=False)
+    matcher = make_matcher("coordinates", store=faces / "correspondence.h5")
     matcher.fit(refs)
     image = read_image(faces / "images/000003.png")
     labels, confidence = matcher.predict(image, name="000003.png")

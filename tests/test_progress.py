@@ -52,6 +52,22 @@ def test_slow_work_shows_seconds_per_item_and_a_line_every_interval(capsys):
     assert lines[-1].endswith("loss 0.20")
 
 
+def test_a_task_may_count_in_its_own_unit(capsys):
+    clock = Clock()
+    progress = PlainProgress(unit="img", clock=clock)
+    with progress:
+        images = progress.add_task("evaluate (paper)", total=4, rate="")
+        pairs = progress.add_task("swap pairs", total=2, rate="", unit="pair")
+        for _ in range(4):
+            clock.now += 2.0
+            progress.update(images, advance=1)
+        clock.now += 1.0
+        progress.update(pairs, advance=2)
+    lines = _lines(progress, capsys)
+    assert lines[-2] == "[evaluate (paper)] 4/4 img (100 %), 2.0 s/img, elapsed 8 s"
+    assert lines[-1] == "[swap pairs] 2/2 pair (100 %), 4.5 s/pair, elapsed 9 s"
+
+
 def test_unknown_total_and_resumed_start(capsys):
     clock = Clock()
     progress = PlainProgress(unit="img", clock=clock, every_s=10)
@@ -95,3 +111,13 @@ def test_training_reports_progress_lines_in_a_pipe(tmp_path):
     assert result.exit_code == 0, result.output
     # Whole words, never a bar cut to "tr… 1…": the final line carries the count and the losses.
     assert re.search(r"^\[train\] 4/4 step \(100 %\), .*, D [0-9.]+ +G [0-9.]+", result.stderr, re.M), result.stderr
+
+
+def test_evaluate_reports_progress_in_images_in_a_pipe(tmp_path):
+    synth = tmp_path / "s"
+    assert runner.invoke(app, ["--quiet", "synth", str(synth), "--category", "faces", "--count", "3", "--size",
+                               "16"]).exit_code == 0
+    result = runner.invoke(app, ["--device", "cpu", "evaluate", "--dataset", "synthetic", "--root", str(synth),
+                                 "--store", str(synth / "correspondence.h5"), "--no-correlation"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^\[evaluate \(paper\)\] 1/1 img \(100 %\), .*img/s", result.stderr, re.M), result.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -59,8 +61,13 @@ def _summary(result) -> dict:
     return json.loads(result.stdout)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    store_sha = _sha256(dataset / "maps.h5")
     res = _run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",
                "--queries", dataset / "images", "--out", out, "--json")
     summary = _summary(res)
@@ -68,16 +75,22 @@ def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     assert set(summary["outputs"]) >= {"labels", "labels_json", "annotations", "report", "overlays", "confidence"}
     assert 0.5 < summary["mean_confidence"] <= 1.0
     assert summary["tau"] == pytest.approx(0.01 * 128 / SIZE)  # the paper's τ scaled to the references' side
-    with StoreReader(dataset / "maps.h5") as store:
+    assert summary["outputs"]["labels_h5"] == str(out / "labels.h5")
+    with StoreReader(dataset / "maps.h5") as store, h5py.File(out / "labels.h5", "r") as written:
+        assert not store.has("labels") and not store.has("confidence")  # the input store is never written
+        rows = {n.decode(): i for i, n in enumerate(written["names"][: written.attrs["complete"]])}
+        assert sorted(rows) == ["a.png", "b.png", "sub/c.png"] and list(written.attrs["size"]) == [SIZE, SIZE]
         for name in ["a.png", "b.png", "sub/c.png"]:
             pred = read_mask(out / "labels" / name)
             truth = parts_mask(store.correspondence(store.index(name)))
             assert pred.shape == (SIZE, SIZE)
             assert (pred == truth).mean() > 0.93, name
-            # --store rows get labels and confidence (same size as the labels).
-            np.testing.assert_array_equal(store.read("labels", store.index(name)), pred)
-            assert store.read("confidence", store.index(name)).shape == (SIZE, SIZE)
-    # d.png is labelled at its own 32×32 size; its store row (24×24) is not written.
+            # OUT/labels.h5 holds the labels and confidence of the queries at the store's size, by store name.
+            np.testing.assert_array_equal(written["labels"][rows[name]], pred)
+            assert written["confidence"][rows[name]].dtype == np.float16
+            assert 0.5 < written["confidence"][rows[name]].mean() <= 1.0
+    assert _sha256(dataset / "maps.h5") == store_sha
+    # d.png is labelled at its own 32×32 size; its labels (not at the store's 24×24) are not in labels.h5.
     assert read_mask(out / "labels" / "d.png").shape == (32, 32)
     assert (out / "overlays" / "sub" / "c.jpg").is_file() and (out / "confidence" / "sub" / "c.png").is_file()
     # COCO loads in pycocotools and decodes to exactly the PNGs.
@@ -101,6 +114,11 @@ def test_end_to_end(dataset: Path, tmp_path: Path) -> None:
     third = _summary(_run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask",
                           dataset / "masks/a.png", "--queries", dataset / "images", "--out", out, "--json"))
     assert third["new"] == 1 and third["count"] == 4
+    with h5py.File(out / "labels.h5", "r") as written:  # b.png's row was rewritten, not appended again
+        assert written.attrs["complete"] == 3 and written["names"].shape == (3,)
+        b_row = [n.decode() for n in written["names"][:]].index("b.png")
+        np.testing.assert_array_equal(written["labels"][b_row], read_mask(out / "labels" / "b.png"))
+    assert _sha256(dataset / "maps.h5") == store_sha
     assert len(COCO(str(out / "annotations.json")).dataset["images"]) == 4
     # Other settings in the same folder are refused rather than mixed.
     other = _run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",
@@ -181,3 +199,92 @@ def test_bad_inputs(dataset: Path, tmp_path: Path) -> None:
     r = _run(*base, "--ref", dataset / "images/a.png", "--ref", dataset / "images/b.png", "--mask",
              dataset / "masks/a.png")
     assert r.exit_code == 2 and "--mask" in r.stderr
+
+
+def test_a_read_only_store_shared_by_other_readers_is_never_written(dataset: Path, tmp_path: Path) -> None:
+    """The store is an input: opened read-only, so a read-only file works, another process may hold
+    it open at the same time (HDF5 file locks refused a writer then), two runs may read it at once,
+    and its bytes never change."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from coordgan_cli.labelling import References, label_folder
+
+    store = dataset / "maps.h5"
+    store.chmod(0o444)
+    before = _sha256(store)
+    hold = ("import sys, h5py\nf = h5py.File(sys.argv[1], 'r')\nprint('open', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        summaries: dict[str, dict] = {}
+
+        def run(name: str) -> None:
+            refs = References.from_pairs([(dataset / "images/a.png", dataset / "masks/a.png")],
+                                         root=dataset / "images")
+            summaries[name] = label_folder(refs, dataset / "images", tmp_path / name, "coordinates", store=store)
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in ("one", "two")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result = _run("--store", store, "--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png",
+                      "--queries", dataset / "images", "--out", tmp_path / "cli", "--json")
+        assert result.exit_code == 0, result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert sorted(summaries) == ["one", "two"] and all(s["count"] == 4 for s in summaries.values())
+    for name in ("a.png", "b.png", "sub/c.png", "d.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "one" / "labels" / name),
+                                      read_mask(tmp_path / "two" / "labels" / name))
+        np.testing.assert_array_equal(read_mask(tmp_path / "one" / "labels" / name),
+                                      read_mask(tmp_path / "cli" / "labels" / name))
+    assert _sha256(store) == before
+
+
+def test_duplicate_reference_pairs_are_used_once(dataset: Path, tmp_path: Path) -> None:
+    a = ["--ref", dataset / "images/a.png", "--mask", dataset / "masks/a.png"]
+    base = ["--store", dataset / "maps.h5", "--queries", dataset / "images", "--json"]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("images/a.png masks/a.png\n")
+    (tmp_path / "images").symlink_to(dataset / "images")
+    (tmp_path / "masks").symlink_to(dataset / "masks")
+    once = _summary(_run(*base, *a, "--out", tmp_path / "once"))
+    result = CliRunner().invoke(app, ["propagate", *map(str, [*base, *a, *a, "--refs", pairs, "--out",
+                                                               tmp_path / "thrice"])])
+    twice = _summary(result)
+    assert result.stderr.count("is given twice: using it once") == 2
+    assert twice["count"] == once["count"] == 4
+    for name in ("a.png", "b.png", "sub/c.png", "d.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "once" / "labels" / name),
+                                      read_mask(tmp_path / "thrice" / "labels" / name))
+    # The same image with another mask is another reference, kept.
+    other = CliRunner().invoke(app, ["propagate", *map(str, [*base, *a, "--ref", dataset / "images/a.png", "--mask",
+                                                              dataset / "masks/b.png", "--out", tmp_path / "two"])])
+    assert other.exit_code == 0 and "given twice" not in other.stderr
+
+
+def test_report_limit_zero_keeps_only_the_summary(dataset: Path, tmp_path: Path) -> None:
+    summary = _summary(_run("--store", dataset / "maps.h5", "--ref", dataset / "images/a.png", "--mask",
+                            dataset / "masks/a.png", "--queries", dataset / "images", "--out", tmp_path / "o",
+                            "--report-limit", "0", "--json"))
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert summary["count"] == 4 and page.count("<tr>") == 1 and "data:image/jpeg;base64," not in page
+
+
+def test_device_is_resolved_with_a_store(dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    args = ["propagate", "--store", str(dataset / "maps.h5"), "--ref", str(dataset / "images/a.png"), "--mask",
+            str(dataset / "masks/a.png"), "--queries", str(dataset / "images"), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, ["--device", "cuda", *args])
+    if torch.cuda.is_available():
+        assert result.exit_code == 0 and "maps come from --store" in result.stderr, result.output
+    else:
+        assert result.exit_code == 2 and "no CUDA device" in result.stderr
+        assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -128,7 +129,8 @@ def test_ensemble_is_argmax_of_averaged_probabilities(dataset: Path, matcher_ckp
     refs = [(read_image(dataset / f"images/{n}.png"), read_mask(dataset / f"masks/{n}.png")) for n in "ac"]
     prepared_corr = prepare_correlation_references(refs, network, LABELS.num_classes, patch=cfg.patch)
     c = LABELS.num_classes
-    with StoreReader(dataset / "maps.h5") as store:
+    with StoreReader(dataset / "maps.h5") as store, h5py.File(out / "labels.h5", "r") as written:
+        written_row = {n.decode(): i for i, n in enumerate(written["names"][:])}
         ref_points = [reference_points(store.correspondence(store.index(f"{n}.png")), m) for n, (_, m) in
                       zip("ac", refs)]
         changed = 0
@@ -144,7 +146,7 @@ def test_ensemble_is_argmax_of_averaged_probabilities(dataset: Path, matcher_ckp
             mean = (coord + corr) / 2
             pred = read_mask(out / "labels" / name)
             np.testing.assert_array_equal(pred, mean.argmax(axis=0))
-            np.testing.assert_allclose(store.read("confidence", row), mean.max(axis=0), atol=1e-3)
+            np.testing.assert_allclose(written["confidence"][written_row[name]], mean.max(axis=0), atol=1e-3)
             changed += int((pred != coord.argmax(axis=0)).sum())
             # The ensemble is a real fusion: not the coordinate vote alone, not the correlation alone.
             assert (pred == parts_mask(store.correspondence(row))).mean() > 0.8
@@ -251,3 +253,22 @@ def test_resolve_matcher_shipped_hook(tmp_path: Path, monkeypatch: pytest.Monkey
     assert inference.resolve_matcher(None, inference.DEFAULT_MATCHER) == shipped
     with pytest.raises(UserError, match="not shipped"):
         inference.resolve_matcher(None, "no-such-matcher")
+
+
+def test_correlation_shows_progress_lines_in_a_pipe(dataset: Path, matcher_ckpt: Path, tmp_path: Path) -> None:
+    """Not a terminal (CliRunner, like a pipe or a log file): plain lines for the references'
+    features and for the queries, each ending with its final count."""
+    result = CliRunner().invoke(app, ["--device", "cpu", "propagate", *map(str, [
+        *_ref(dataset), "--ref", dataset / "images/b.png", "--mask", dataset / "masks/b.png", "--queries",
+        dataset / "other", "--out", tmp_path / "out", "--matcher", "correlation", "--matcher-ckpt", matcher_ckpt])])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    references = [line for line in lines if line.startswith("[references] ")]
+    queries = [line for line in lines if line.startswith("[propagate] ")]
+    assert references and references[-1].startswith("[references] 2/2 img (100 %)")
+    assert queries and queries[-1].startswith("[propagate] 2/2 img (100 %)")
+    assert lines.index(references[-1]) < lines.index(queries[0])
+    quiet = CliRunner().invoke(app, ["--quiet", "--device", "cpu", "propagate", *map(str, [
+        *_ref(dataset), "--queries", dataset / "other", "--out", tmp_path / "q", "--matcher", "correlation",
+        "--matcher-ckpt", matcher_ckpt])])
+    assert quiet.exit_code == 0 and "[references]" not in quiet.stderr and "[propagate]" not in quiet.stderr

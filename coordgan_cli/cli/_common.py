@@ -261,15 +261,17 @@ class PlainProgress:
                 self._print(task, now)
 
     def line(self, task: _PlainTask, now: float) -> str:
-        """``[description] n/total unit (p %), rate, eta T[, detail]``."""
+        """``[description] n/total unit (p %), rate, eta T[, detail]``; the unit is the task's own
+        (``add_task(..., unit="pair")``) or the progress display's."""
         done = task.completed
+        unit = task.fields.get("unit") or self.unit
         count = f"{done:g}/{task.total:g}" if task.total else f"{done:g}"
-        parts = [f"[{task.description}] {count} {self.unit}"
+        parts = [f"[{task.description}] {count} {unit}"
                  + (f" ({100 * done / task.total:.0f} %)" if task.total else "")]
         elapsed = now - task.start
         rate = (done - task.start_completed) / elapsed if elapsed > 0 else 0.0
         if rate > 0:
-            parts.append(f"{1 / rate:.1f} s/{self.unit}" if rate < 1 else f"{rate:.1f} {self.unit}/s")
+            parts.append(f"{1 / rate:.1f} s/{unit}" if rate < 1 else f"{rate:.1f} {unit}/s")
             if task.total and done < task.total:
                 parts.append(f"eta {_duration((task.total - done) / rate)}")
         parts.append(f"elapsed {_duration(elapsed)}")

@@ -20,24 +20,11 @@ import typer
 
 from coordgan_cli.cli._common import get_state, info, print_json, track
 from coordgan_cli.errors import UserError
+from coordgan_cli.evaluation.scoring import score_labels  # noqa: F401  (scored here; importable from here too)
 
 CATEGORY = "faces"
 DIFFICULTY = "medium"
 DEMO_JSON = "demo.json"
-
-
-def score_labels(out: Path, data: Path, names: list[str], reference_mask, num_classes: int):
-    """(model IoUResult, identity IoUResult) of the label PNGs ``out/labels/<name>`` against the
-    true masks ``data/masks/<file name>``; identity scores ``reference_mask`` against each of them."""
-    from coordgan_cli.io.masks import read_mask
-    from coordgan_cli.metrics.iou import IoUAccumulator, summarize
-
-    model, identity = IoUAccumulator(num_classes), IoUAccumulator(num_classes)
-    for name in names:
-        truth = read_mask(data / "masks" / Path(name).name)
-        model.update(read_mask(out / "labels" / Path(name).with_suffix(".png")), truth)
-        identity.update(reference_mask, truth)
-    return summarize({"model": model}, num_classes), summarize({"identity": identity}, num_classes)
 
 
 def demo_command(
@@ -57,11 +44,8 @@ def demo_command(
     """Label COUNT synthetic faces from one annotated reference with the shipped model and score the
     labels against their true masks, beside the copy-the-reference baseline; writes OUT/report.html
     and OUT/demo.json."""
-    from coordgan_cli.data.synth_set import SynthSpec, image_name, write_synth_set
     from coordgan_cli.inference import resolve_matcher
-    from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
-    from coordgan_cli.io.checkpoint import file_sha256
-    from coordgan_cli.io.masks import read_labels
+    from coordgan_cli.io.paths import output_folder, removed_on_failure
 
     state = get_state(ctx)
     started = time.perf_counter()
@@ -69,6 +53,29 @@ def demo_command(
         raise UserError(f"--count must be at least 1, got {count}")
     checkpoint = _choose_checkpoint(state, matcher, model_name)
     used = checkpoint if checkpoint is not None else resolve_matcher(None)
+    # A new OUT is removed again if the demo fails before anything worth resuming was made.
+    with removed_on_failure(out, lambda: any((out / "labels").rglob("*.png"))):
+        output_folder(out)
+        result = _demo(state, out, count, size, seed, checkpoint, used, started)
+    if as_json:
+        print_json(result)
+        return
+    figures, seconds = result, result["seconds"]["total"]
+    info(f"mIoU over {figures['classes_scored']} parts (background excluded), {figures['queries_scored']} images: "
+         f"model {100 * figures['miou']:.1f} %, identity baseline (reference mask copied) "
+         f"{100 * figures['miou_identity']:.1f} %  [{seconds:.1f} s]", state)
+    info(f"look at {out / 'report.html'} (overlays and confidence, least confident first); labels in "
+         f"{out / 'labels'}; figures in {out / DEMO_JSON}", state)
+
+
+def _demo(state, out: Path, count: int, size: int, seed: int, checkpoint: Optional[Path], used: Path,
+          started: float) -> dict[str, Any]:
+    """Synthesise, label and score into ``out``; the figures written to OUT/demo.json."""
+    from coordgan_cli.data.synth_set import SynthSpec, image_name, write_synth_set
+    from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
+    from coordgan_cli.io.checkpoint import file_sha256
+    from coordgan_cli.io.masks import read_labels
+
     method = "coordinates" if checkpoint is not None else "correlation"
 
     # ---- the synthetic set: COUNT queries + the reference ----------------------------------------
@@ -106,14 +113,7 @@ def demo_command(
         "report": str(out / "report.html"), "labels": str(out / "labels"),
     }
     atomic_write_json(out / DEMO_JSON, result)
-    if as_json:
-        print_json(result)
-        return
-    info(f"mIoU over {figures['classes_scored']} parts (background excluded), {figures['queries_scored']} images: "
-         f"model {100 * figures['miou']:.1f} %, identity baseline (reference mask copied) "
-         f"{100 * figures['miou_identity']:.1f} %  [{seconds:.1f} s]", state)
-    info(f"look at {out / 'report.html'} (overlays and confidence, least confident first); labels in "
-         f"{out / 'labels'}; figures in {out / DEMO_JSON}", state)
+    return result
 
 
 def _choose_checkpoint(state, matcher: str, model_name: Optional[str]) -> Optional[Path]:
@@ -180,7 +180,8 @@ def _label(state, data: Path, reference: str, out: Path, checkpoint: Optional[Pa
         matcher = make_matcher("correlation", matcher_ckpt=used, device=state.torch_device())
     return label_folder(references, queries, out, matcher, settings={"tau": tau}, report_title=title, score=score,
                         info=lambda m: info(m, state), warn=warn,
-                        track=lambda items, total: track(items, total, "propagate", state, unit="img"))
+                        track=lambda items, total: track(items, total, "propagate", state, unit="img"),
+                        track_references=lambda items, total: track(items, total, "references", state, unit="img"))
 
 
 def register(app: typer.Typer) -> None:

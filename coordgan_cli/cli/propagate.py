@@ -27,8 +27,9 @@ def propagate(
                                         "Default: the shipped CoordGAN model, if this build has one."),
     model: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see `coordgan "
                                         "models`) giving the maps, instead of --ckpt."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Correspondence store (DESIGN §5) holding the maps of "
-                                         "queries and references, keyed by path relative to their folder."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Correspondence store (HDF5; README \"File formats\") "
+                                         "holding the maps of queries and references, keyed by path relative to "
+                                         "their folder. Opened read-only; labels/confidence go to OUT/labels.h5."),
     refs: Optional[Path] = typer.Option(None, "--refs", help="Text file of references: 'image mask' per line."),
     ref_coco: Optional[Path] = typer.Option(None, "--ref-coco", help="COCO JSON with the references' masks (CVAT, Label "
                                             "Studio exports); images matched by file_name."),
@@ -52,7 +53,8 @@ def propagate(
     work_size: Optional[int] = typer.Option(None, "--work-size", help="Shorter side (px) at which --matcher correlation/"
                                             "ensemble run the matcher; labels are carried back to each image's own "
                                             "size. Default: the matcher's training size; 0: each image's own size."),
-    report_limit: int = typer.Option(500, "--report-limit", help="Picture rows in report.html (least confident first)."),
+    report_limit: int = typer.Option(500, "--report-limit", help="Picture rows in report.html (least confident "
+                                     "first); 0: none, the summary only."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Transfer reference masks to every query image at its own resolution: palette PNGs +
@@ -73,6 +75,13 @@ def propagate(
     info(f"outputs in {out}: labels/, annotations.json, overlays/, confidence/, report.html", state)
 
 
+EXAMPLE = """Examples: maps from an encoder checkpoint; then the shipped feature matcher (no maps needed):
+
+coordgan propagate --ckpt enc.pt --ref a.jpg --mask a.png --queries photos/ --out labelled/
+
+coordgan propagate --matcher correlation --ref a.jpg --mask a.png --queries photos/ --out labelled/"""
+
+
 def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] = (), mask: list[Path] = (),
                   refs: Optional[Path] = None, ref_coco: Optional[Path] = None, labels_path: Optional[Path] = None,
                   resize_mask: bool = False, matcher: str = "coordinates", ckpt: Optional[Path] = None,
@@ -80,8 +89,10 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
                   mode: str = "soft", tau: Optional[float] = None, ref_keypoints: Optional[Path] = None,
                   work_size: Optional[int] = None, **options: Any) -> dict[str, Any]:
     """``coordgan propagate`` with its options as keywords: checks, references, matcher, one
-    ``label_folder`` call; returns the JSON summary (options: min_confidence, polygons, report_limit)."""
+    ``label_folder`` call; returns the JSON summary (options: min_confidence, polygons, report_limit).
+    A new ``out`` folder is removed again when the run fails before any query is labelled."""
     from coordgan_cli.correspondence.vote import resolution_tau
+    from coordgan_cli.io.paths import output_folder, removed_on_failure
     from coordgan_cli.labelling import QueryList, label_folder, make_matcher
 
     if mode not in ("soft", "hard"):
@@ -91,31 +102,56 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
     min_confidence = options.get("min_confidence")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    if options.get("report_limit", 0) < 0:
+        raise UserError(f"--report-limit must be 0 (no picture rows) or more, got {options['report_limit']}")
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
     if work_size is not None and matcher == "coordinates":
         raise UserError("--work-size sets the feature matcher's resolution: use it with --matcher correlation or ensemble")
+    device = state.torch_device()  # resolved (or refused) before any work, whatever uses it
     uses_maps = matcher in ("coordinates", "ensemble")  # these vote on correspondence maps
     if uses_maps and store is None:
         ckpt = _resolve_map_model(ckpt, model, state)
     query_list = QueryList.read(queries)
-    references = _references(state, query_list.root, ref, mask, refs, ref_coco, labels_path, resize_mask)
-    if tau is None:
-        tau = resolution_tau(references.side)
-        if uses_maps and mode == "soft":
-            info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
-    device = state.torch_device()
-    found = {"coordinates": dict(store=store, ckpt=ckpt, device=device if store is None else "cpu", mode=mode,
-                                 tau=tau),
-             "correlation": dict(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size),
-             "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode, tau=tau,
-                              work_size=work_size)}
-    # A registered matcher of another name gets the device and, when given, --matcher-ckpt and --work-size.
-    given = {"matcher_ckpt": matcher_ckpt, "work_size": work_size}
-    other = dict(device=device, **{k: v for k, v in given.items() if v is not None})
-    return label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
-                        keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
-                        info=lambda m: info(m, state), warn=warn,
-                        track=lambda items, total: track(items, total, "propagate", state, unit="img"), **options)
+    if not query_list.paths:
+        from coordgan_cli.io.images import IMAGE_EXTENSIONS
+
+        raise UserError(f"{queries}: no images to label (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, "
+                        "in subfolders too)")
+    with removed_on_failure(out, lambda: any((Path(out) / "labels").rglob("*.png"))):
+        output_folder(out)
+        references = _references(state, query_list.root, ref, mask, refs, ref_coco, labels_path, resize_mask)
+        if tau is None:
+            tau = resolution_tau(references.side)
+            if uses_maps and mode == "soft":
+                info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
+        if store is not None and matcher == "coordinates" and device.type != "cpu":
+            info(f"--device {device}: unused, the maps come from --store and the coordinate vote runs on the CPU",
+                 state)
+        found = {"coordinates": dict(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau),
+                 "correlation": dict(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size),
+                 "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode,
+                                  tau=tau, work_size=work_size)}
+        # A registered matcher of another name gets the device and, when given, --matcher-ckpt and --work-size.
+        given = {"matcher_ckpt": matcher_ckpt, "work_size": work_size}
+        other = dict(device=device, **{k: v for k, v in given.items() if v is not None})
+        summary = label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
+                               keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
+                               info=lambda m: info(m, state), warn=warn,
+                               track=lambda items, total: track(items, total, "propagate", state, unit="img"),
+                               track_references=lambda items, total: track(items, total, "references", state,
+                                                                           unit="img"), **options)
+        if summary["count"] == 0 and summary["skipped"]:
+            raise nothing_labelled(query_list, summary["skipped"])
+    return summary
+
+
+def nothing_labelled(query_list: Any, skipped: list[dict[str, str]]) -> UserError:
+    """The error when every query was skipped: the first one's file and reason."""
+    first = skipped[0]
+    path = dict(zip(query_list.names, query_list.paths)).get(first["name"], first["name"])
+    reason = first["reason"] if first["reason"].startswith(str(path)) else f"{path}: {first['reason']}"
+    more = f" (and {len(skipped) - 1} more, listed above)" if len(skipped) > 1 else ""
+    return UserError(f"no query could be labelled: {reason}{more}")
 
 
 def _references(state: AppState, root: Optional[Path], ref: list[Path], mask: list[Path], refs: Optional[Path],
@@ -130,8 +166,23 @@ def _references(state: AppState, root: Optional[Path], ref: list[Path], mask: li
     if not mask and ref and ref_coco is None:
         raise UserError("--ref needs a --mask per reference (or --ref-coco with their annotations)")
     pairs.extend(zip(ref, mask if mask else [None] * len(ref)))
+    pairs = _drop_duplicates(pairs)
     return References.from_pairs(pairs, labels=labels_path, coco=ref_coco, root=root, resize_mask=resize_mask,
                                  info=lambda m: info(m, state), warn=warn)
+
+
+def _drop_duplicates(pairs: list[tuple[Path, Optional[Path]]]) -> list[tuple[Path, Optional[Path]]]:
+    """The pairs without repeats of the same image and mask (a repeat would only double the work
+    and the weight of that reference's vote): each dropped with a warning."""
+    kept: dict[tuple[str, str], tuple[Path, Optional[Path]]] = {}
+    for image, mask in pairs:
+        key = (str(Path(image).resolve()), str(Path(mask).resolve()) if mask is not None else "")
+        if key in kept:
+            warn(f"reference {image} with mask {mask if mask is not None else '(from --ref-coco)'} is given twice: "
+                 "using it once")
+            continue
+        kept[key] = (image, mask)
+    return list(kept.values())
 
 
 def _resolve_map_model(ckpt: Optional[Path], model: Optional[str], state: AppState) -> Path:
@@ -177,4 +228,4 @@ def _check_matcher_options(matcher: str, matcher_ckpt: Optional[Path], store: Op
 
 
 def register(app: typer.Typer) -> None:
-    app.command("propagate")(propagate)
+    app.command("propagate", epilog=EXAMPLE)(propagate)

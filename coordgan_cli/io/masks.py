@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_path, atomic_write_json
@@ -149,25 +149,23 @@ def read_mask(path: str | Path) -> np.ndarray:
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
             raise UserError(f"{path}: mask ids must be in 0..255")
         return arr.astype(np.uint8)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                return np.asarray(img, dtype=np.uint8).copy()
-            if img.mode in ("L", "I;16", "I"):
-                arr = np.asarray(img)
-                if arr.max(initial=0) > 255:
-                    raise UserError(f"{path}: mask ids must be in 0..255, found {int(arr.max())}")
-                return arr.astype(np.uint8)
-            if img.mode == "LA":
-                return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
-            raise UserError(
-                f"{path}: mask is a {img.mode} colour image; give a palette PNG, a greyscale id PNG or a .npy id array"
-            )
-    except UnidentifiedImageError as exc:
-        raise UserError(f"{path}: not an image file Pillow can read") from exc
-    except OSError as exc:
-        raise UserError(f"{path}: cannot decode mask ({exc})") from exc
+    from coordgan_cli.io.images import _decode_errors
+
+    # Pillow's failures (0-byte, truncated, not an image, decompression bomb) as one line naming the file.
+    with _decode_errors(path), Image.open(path) as img:
+        img.load()
+        if img.mode == "P":
+            return np.asarray(img, dtype=np.uint8).copy()
+        if img.mode in ("L", "I;16", "I"):
+            arr = np.asarray(img)
+            if arr.max(initial=0) > 255:
+                raise UserError(f"{path}: mask ids must be in 0..255, found {int(arr.max())}")
+            return arr.astype(np.uint8)
+        if img.mode == "LA":
+            return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
+        raise UserError(
+            f"{path}: mask is a {img.mode} colour image; give a palette PNG, a greyscale id PNG or a .npy id array"
+        )
 
 
 def write_mask(path: str | Path, mask: np.ndarray, labels: LabelSet) -> None:

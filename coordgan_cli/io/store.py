@@ -1,6 +1,6 @@
 """The HDF5 correspondence store — one layout shared by synth, invert, propagate and evaluate.
 
-Layout version 1 (DESIGN §5; extra datasets are allowed):
+Layout version 1 (README "File formats"; extra datasets are allowed):
 
 - file attributes: ``format`` = "coordgan.correspondence", ``version`` = 1, ``size`` = [H, W],
   ``source`` = "ground-truth" | "model", ``complete`` = number of finished rows, and for model
@@ -14,7 +14,12 @@ Layout version 1 (DESIGN §5; extra datasets are allowed):
 
 Rows are written in order and ``complete`` is raised only after a row is fully written and
 flushed, so a killed writer leaves a readable store and a new writer continues from ``complete``.
-Any HDF5 reader opens it: ``h5py.File(p)["correspondence"][i]``.
+Any HDF5 reader opens it: ``h5py.File(p)["correspondence"][i]``. Readers open it read-only, so
+several of them (``propagate``, ``evaluate``, ``train-matcher``) can share one store at once.
+
+``LabelsWriter`` writes the labels a run derived from a store into a file of its own (``propagate``'s
+``OUT/labels.h5``: ``names``, ``labels``, ``confidence`` as above, ``format`` =
+"coordgan.labels-store"), so an input store is never modified.
 """
 
 from __future__ import annotations
@@ -216,11 +221,15 @@ def _check_layout(path: Path) -> None:
             if missing:
                 raise UserError(f"{path}: malformed store, missing {', '.join(missing)}")
     except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise UserError(f"{path}: another program is writing this store (HDF5 file lock); wait until it "
+                            "finishes, or read a copy") from exc
         raise UserError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
 class StoreReader:
-    """Read (and, with mode "r+", annotate) a store. Only finished rows are visible."""
+    """Read (and, with mode "r+", annotate) a store. Only finished rows are visible. The default
+    mode "r" never changes the file, and any number of readers may hold it open at once."""
 
     def __init__(self, path: str | Path, mode: Literal["r", "r+"] = "r") -> None:
         self.path = Path(path)
@@ -293,6 +302,90 @@ class StoreReader:
             self._file.close()
 
     def __enter__(self) -> "StoreReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+LABELS_FORMAT = "coordgan.labels-store"
+
+
+class LabelsWriter:
+    """Per-image labels and confidence derived from a store's maps, in a file of their own.
+
+    Layout (the store's, ``labels``/``confidence`` without ``correspondence``): attributes
+    ``format`` = "coordgan.labels-store", ``version`` = 1, ``size`` = [H, W], ``complete``,
+    ``store`` (the maps' store); ``names`` (N,) as the store's names; ``labels`` (N, H, W) uint8;
+    ``confidence`` (N, H, W) float16; one gzip chunk per row. Writing a name already present
+    overwrites its row (a rerun after a kill redoes the query it was on); an existing file is
+    resumed from ``complete``.
+    """
+
+    def __init__(self, path: str | Path, *, size: tuple[int, int], store: str | Path) -> None:
+        self.path = Path(path)
+        self.size = (int(size[0]), int(size[1]))
+        if self.path.exists():
+            self._file = self._reopen()
+        else:
+            f = h5py.File(self.path, "w")
+            f.attrs["format"] = LABELS_FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["size"] = np.asarray(self.size, dtype=np.int64)
+            f.attrs["complete"] = 0
+            f.attrs["store"] = str(store)
+            f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1,), **_COMPRESSION)
+            _row_dataset(f, "labels", self.size, np.uint8)
+            _row_dataset(f, "confidence", self.size, np.float16)
+            f.flush()
+            self._file = f
+        complete = int(self._file.attrs["complete"])
+        self._rows = {_decode(n): i for i, n in enumerate(self._file["names"][:complete])}
+
+    def _reopen(self) -> h5py.File:
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as exc:
+            raise UserError(f"{self.path}: not a readable HDF5 file ({exc}); remove it or use a new --out") from exc
+        stored = tuple(int(v) for v in f.attrs.get("size", ()))
+        if _decode(f.attrs.get("format", "")) != LABELS_FORMAT or stored != self.size:
+            f.close()
+            raise UserError(f"{self.path}: holds labels of another layout (size {list(stored)}, wanted "
+                            f"{list(self.size)}); remove it or use a new --out")
+        complete = int(f.attrs["complete"])
+        for name in ("names", "labels", "confidence"):
+            if f[name].shape[0] != complete:  # a row cut short by a kill
+                f[name].resize(complete, axis=0)
+        return f
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def put(self, name: str, labels: np.ndarray, confidence: np.ndarray) -> int:
+        """Write ``name``'s (H, W) labels and confidence; returns its row."""
+        if labels.shape != self.size or confidence.shape != self.size:
+            raise ValueError(f"labels/confidence must be {self.size}, got {labels.shape}/{confidence.shape}")
+        f = self._file
+        row = self._rows.get(name)
+        if row is None:
+            row = int(f.attrs["complete"])
+            for ds in ("names", "labels", "confidence"):
+                f[ds].resize(row + 1, axis=0)
+            f["names"][row] = name
+        f["labels"][row] = np.asarray(labels, dtype=np.uint8)
+        f["confidence"][row] = np.asarray(confidence).astype(np.float16)
+        f.flush()
+        if name not in self._rows:
+            f.attrs["complete"] = row + 1
+            f.flush()
+            self._rows[name] = row
+        return row
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> "LabelsWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:

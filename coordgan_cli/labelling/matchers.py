@@ -13,9 +13,11 @@ asked about one query at a time. The contract (``Matcher``) is small:
 ``MatcherBase`` gives ``predict`` (and the richer ``label``) from ``predict_proba``. Optional hooks
 the ``Propagator`` uses when present: ``label(image, *, name) -> Prediction`` (labels computed
 otherwise than as the argmax of the probabilities, e.g. the exact coordinate vote, plus the query's
-correspondence map for keypoints), ``settings()`` (what the resume key records), ``reference_maps``
-(keypoint transfer), ``write_back(prediction, labels, confidence)`` (labels into a store) and
-``close()``.
+correspondence map for keypoints; an ``only`` (H, W) bool mask, when given, names the pixels whose
+labels the caller will look at — evaluation passes the scored pixels — and a matcher may leave the
+others background), ``settings()`` (what the resume key records), ``reference_maps``
+(keypoint transfer), ``store_entry(prediction)`` (the query's store name and map size, for
+``OUT/labels.h5``) and ``close()``. Stores are opened read-only: a matcher never writes its inputs.
 
 New matchers plug in with ``register_matcher(name, factory)``; ``make_matcher(name, **options)``
 builds one (``coordgan propagate --matcher NAME`` and ``label_folder(..., matcher=NAME)``).
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,7 +51,7 @@ class Matcher(Protocol):
 class Prediction:
     """One query's result: labels (H, W) uint8 ids, confidence (H, W) float32, and what some
     matchers also know: the class probabilities (K, H, W), the query's correspondence map (2, H, W)
-    with its valid pixels (keypoint transfer) and its store row (labels written back)."""
+    with its valid pixels (keypoint transfer) and its store row (its labels go to OUT/labels.h5)."""
 
     labels: np.ndarray
     confidence: np.ndarray
@@ -64,6 +66,9 @@ class MatcherBase:
 
     name = "matcher"
     references: Optional[References] = None
+    # Progress over fit's per-reference work, ``track(items, total) -> items`` (the Propagator sets
+    # it when asked to show progress); a matcher with slow per-reference work iterates through it.
+    track_references: Callable[[Iterable[Any], int], Iterable[Any]] = staticmethod(lambda items, total: items)
 
     def fit(self, references: References) -> None:
         self.references = references
@@ -71,7 +76,8 @@ class MatcherBase:
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         probs, confidence = self.predict_proba(image, name=name)
         classes = np.asarray(self._fitted().classes)
         return Prediction(classes[probs.argmax(axis=0)].astype(np.uint8), confidence.astype(np.float32), probs)
@@ -92,6 +98,13 @@ class MatcherBase:
         return self.references
 
 
+def restrict(valid: Optional[np.ndarray], only: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The pixels to vote on: the map's valid pixels that the caller asks about (either may be None)."""
+    if only is None or valid is None:
+        return valid if only is None else only
+    return valid & only
+
+
 def winning_share(probs: np.ndarray) -> np.ndarray:
     """Confidence of a (K, H, W) distribution: the winning class's share, in [0, 1]."""
     return np.clip(probs.max(axis=0), 0.0, 1.0).astype(np.float32)
@@ -110,6 +123,11 @@ def register_matcher(name: str, factory: Callable[..., Matcher]) -> None:
 
 def available_matchers() -> list[str]:
     return list(_FACTORIES)
+
+
+def matcher_factory(name: str) -> Callable[..., Matcher]:
+    """The factory registered under ``name`` (KeyError when none is)."""
+    return _FACTORIES[name]
 
 
 def make_matcher(name: str, **options: Any) -> Matcher:
@@ -136,14 +154,14 @@ def resample_map(correspondence: np.ndarray, size: tuple[int, int]) -> np.ndarra
 class MapSource:
     """Correspondence maps from a store (by name) or from a model (structure path)."""
 
-    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any, write_back: bool) -> None:
+    def __init__(self, store: Optional[Path], ckpt: Optional[Path], device: Any) -> None:
         self.store_path, self.reader, self.model = store, None, None
         if store is not None:
             from coordgan_cli.io.store import StoreReader
 
             if not Path(store).is_file():
                 raise UserError(f"{store}: --store file not found")
-            self.reader = StoreReader(store, mode="r+" if write_back else "r")
+            self.reader = StoreReader(store)  # read-only: the store is an input, shared by other readers
         else:
             from coordgan_cli.inference import load_correspondence_model
 
@@ -159,9 +177,10 @@ class MapSource:
         raise UserError(f"{self.store_path}: {what} is not in the store (looked for "
                         f"{' or '.join(repr(c) for c in dict.fromkeys(candidates))})")
 
-    def maps(self, image: np.ndarray, candidates: list[str], size: tuple[int, int], what: str
+    def maps(self, image: np.ndarray, candidates: list[str], size: tuple[int, int], what: str, *, query: bool = False
              ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
-        """(map (2, H, W) at ``size``, valid (H, W) | None, store row | None)."""
+        """(map (2, H, W) at ``size``, valid (H, W) | None, store row | None); ``query``: asked for a
+        query (True) or a reference (False) — the same here."""
         if self.reader is not None:
             row = self.reader.index(self.store_name(candidates, what))
             cmap = resample_map(self.reader.correspondence(row), size)
@@ -179,8 +198,10 @@ class MapSource:
 class CoordinatesMatcher(MatcherBase):
     """Vote in canonical-coordinate space (``correspondence.vote``) on maps from a store or a model.
 
-    store: a correspondence store holding queries and references by relative name (labels and
-    confidence are written back into it when ``write_back``); else ckpt: an encoder checkpoint.
+    store: a correspondence store holding queries and references by relative name (opened
+    read-only); else ckpt: an encoder checkpoint, run on ``device``; or maps: any object with
+    ``MapSource``'s ``maps(image, candidates, size, what, *, query)`` and ``close()`` (``coordgan
+    evaluate`` gives the benchmark's maps this way).
     mode: soft (τ-weighted vote) | hard (nearest); tau: None = 0.01 × 128 / S for references of
     side S. ``label`` gives the exact vote; ``predict_proba`` the class shares (refined to
     ``ENSEMBLE_TOL``), whose argmax can differ from the exact labels at near ties.
@@ -189,13 +210,13 @@ class CoordinatesMatcher(MatcherBase):
     name = "coordinates"
 
     def __init__(self, *, store: Optional[Path] = None, ckpt: Optional[Path] = None, device: Any = None,
-                 mode: str = "soft", tau: Optional[float] = None, write_back: Optional[bool] = None) -> None:
+                 mode: str = "soft", tau: Optional[float] = None, maps: Any = None) -> None:
         if mode not in ("soft", "hard"):
             raise UserError(f"--mode must be soft or hard, got {mode!r}")
         if tau is not None and not tau > 0:
             raise UserError(f"--tau must be positive, got {tau}")
         self.store, self.ckpt, self.mode, self.tau = store, ckpt, mode, tau
-        self.source = MapSource(store, ckpt, device or "cpu", store is not None if write_back is None else write_back)
+        self.source = maps if maps is not None else MapSource(store, ckpt, device or "cpu")
         self.reference_maps: list[np.ndarray] = []
         self.prepared: list[Any] = []
 
@@ -207,8 +228,8 @@ class CoordinatesMatcher(MatcherBase):
             self.tau = resolution_tau(references.side)
         self.reference_maps = []
         points = []
-        for image, mask, path, candidates in zip(references.images, references.masks, references.paths,
-                                                 references.store_names):
+        items = list(zip(references.images, references.masks, references.paths, references.store_names))
+        for image, mask, path, candidates in self.track_references(items, len(items)):
             what = f"reference {path.name if path is not None else candidates[0]}"
             cmap, valid, _ = self.source.maps(image, candidates, image.shape[:2], what)
             self.reference_maps.append(cmap)
@@ -216,9 +237,10 @@ class CoordinatesMatcher(MatcherBase):
         self.prepared = prepare_references(points, references.num_classes, self.tau)
 
     def query_maps(self, image: np.ndarray, name: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
-        if self.source.reader is not None and name is None:
+        if getattr(self.source, "reader", None) is not None and name is None:
             raise UserError(f"{self.store}: maps come from the store, so the query needs its name (name=...)")
-        return self.source.maps(image, name_candidates(name) if name else [], image.shape[:2], f"query {name}")
+        return self.source.maps(image, name_candidates(name) if name else [], image.shape[:2], f"query {name}",
+                                query=True)
 
     def proba_from_map(self, cmap: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
         from coordgan_cli.correspondence.ensemble import coordinate_probabilities
@@ -232,31 +254,30 @@ class CoordinatesMatcher(MatcherBase):
         probs = self.proba_from_map(cmap, valid)
         return probs, winning_share(probs)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.vote import propagate_map
 
         cmap, valid, row = self.query_maps(image, name)
-        labels, confidence, _ = propagate_map(cmap, self.prepared, self._fitted().num_classes, query_valid=valid,
-                                              tau=self.tau, mode=self.mode)
+        labels, confidence, _ = propagate_map(cmap, self.prepared, self._fitted().num_classes,
+                                              query_valid=restrict(valid, only), tau=self.tau, mode=self.mode)
         return Prediction(labels, confidence, None, cmap, valid, row)
 
     def maps_setting(self) -> str:
+        if self.store is None and self.ckpt is None:
+            return str(getattr(self.source, "label", "maps given"))
         return str(Path(self.store).resolve()) if self.store is not None else str(Path(self.ckpt).resolve())
 
     def settings(self) -> dict[str, Any]:
         return {"matcher": self.name, "mode": self.mode, "tau": self.tau, "maps": self.maps_setting()}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        """Labels and confidence into the query's store row; a note when the sizes differ."""
-        reader, size = self.source.reader, labels.shape
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        """(the query's name in the store, the store's map size (H, W), the store) when its maps
+        came from a store, else None."""
+        reader = getattr(self.source, "reader", None)
         if reader is None or prediction.store_row is None:
             return None
-        if tuple(reader.size) != tuple(size):
-            return (f"store maps are {reader.size[1]}×{reader.size[0]}, labels {size[1]}×{size[0]}: "
-                    "labels/confidence not written into the store")
-        reader.put("labels", prediction.store_row, labels)
-        reader.put("confidence", prediction.store_row, confidence.astype(np.float16))
-        return None
+        return reader.names[prediction.store_row], tuple(reader.size), Path(self.store)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.source.close()
@@ -293,8 +314,10 @@ class CorrelationMatcher(MatcherBase):
         from coordgan_cli.correspondence.correlation import prepare_correlation_references
 
         self.references = references
+        pairs = list(zip(references.images, references.masks))
+        # Iterated once, so the progress advances as each reference's features are computed.
         self.prepared = prepare_correlation_references(
-            list(zip(references.images, references.masks)), self.network, references.num_classes,
+            self.track_references(pairs, len(pairs)), self.network, references.num_classes,  # type: ignore[arg-type]
             device=self.device, patch=self.config.patch, work_size=self.work_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -330,8 +353,7 @@ class EnsembleMatcher(MatcherBase):
                  mode: str = "soft", tau: Optional[float] = None, work_size: Optional[int] = None) -> None:
         if members is None:
             correlation = CorrelationMatcher(matcher_ckpt=matcher_ckpt, device=device, work_size=work_size)
-            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device if store is None else "cpu",
-                                             mode=mode, tau=tau)
+            coordinates = CoordinatesMatcher(store=store, ckpt=ckpt, device=device, mode=mode, tau=tau)
             members = [coordinates, correlation]
         self.members = members
         self.maps = next((m for m in members if isinstance(m, CoordinatesMatcher)), None)
@@ -343,9 +365,12 @@ class EnsembleMatcher(MatcherBase):
     def fit(self, references: References) -> None:
         self.references = references
         for member in self.members:
+            if hasattr(member, "track_references"):
+                member.track_references = self.track_references  # type: ignore[union-attr]
             member.fit(references)
 
-    def label(self, image: np.ndarray, *, name: Optional[str] = None) -> Prediction:
+    def label(self, image: np.ndarray, *, name: Optional[str] = None,
+              only: Optional[np.ndarray] = None) -> Prediction:
         from coordgan_cli.correspondence.ensemble import fuse_probabilities
 
         self._fitted()
@@ -353,7 +378,7 @@ class EnsembleMatcher(MatcherBase):
         for member in self.members:
             if member is self.maps:
                 cmap, valid, row = member.query_maps(image, name)
-                probs.append(member.proba_from_map(cmap, valid))
+                probs.append(member.proba_from_map(cmap, restrict(valid, only)))
             else:
                 probs.append(member.predict_proba(image, name=name)[0])
         labels, confidence, mean = fuse_probabilities(*probs)
@@ -369,8 +394,8 @@ class EnsembleMatcher(MatcherBase):
             merged.update(getattr(member, "settings", lambda: {})())
         return {**merged, "matcher": self.name}
 
-    def write_back(self, prediction: Prediction, labels: np.ndarray, confidence: np.ndarray) -> Optional[str]:
-        return self.maps.write_back(prediction, labels, confidence) if self.maps is not None else None
+    def store_entry(self, prediction: Prediction) -> Optional[tuple[str, tuple[int, int], Path]]:
+        return self.maps.store_entry(prediction) if self.maps is not None else None
 
     def close(self) -> None:
         for member in self.members:

@@ -1,9 +1,10 @@
 """Label a folder: stream the queries through a fitted matcher into files, resumably.
 
 Per query: read → ``matcher.label`` (or ``predict_proba``'s argmax) → ``--min-confidence`` → label PNG
-(palette), overlay, confidence picture, labels written back into a store when the matcher reads
-one, one ``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the
-COCO files and report.html are assembled from the records, in query order, with flat memory.
+(palette), overlay, confidence picture, the labels and confidence in ``OUT/labels.h5`` when the
+matcher read the query's maps from a store (the store itself is never written), one
+``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the COCO files
+and report.html are assembled from the records, in query order, with flat memory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from coordgan_cli.labelling.progress import (PROGRESS, append_record, light, loa
                                              write_coco_stream)
 from coordgan_cli.labelling.references import References
 
+LABELS_H5 = "labels.h5"
 Queries = Union[str, Path, Iterable[Union[str, Path]], "QueryList"]
 
 
@@ -84,7 +86,8 @@ class Propagator:
     correspondence maps (``reference_maps``) into OUT/keypoints.json; settings: defaults for what
     the resume key and summary record (``mode``, ``tau``), below the matcher's own ``settings()``;
     score(out, finished names) → {label: text} for the report's summary line; info / warn / track:
-    diagnostics and a progress wrapper ``track(items, total)``. ``run`` fits the matcher on the
+    diagnostics and a progress wrapper ``track(items, total)`` over the queries; track_references:
+    one over the matcher's per-reference work in ``fit`` (set as its ``track_references``). ``run`` fits the matcher on the
     references and closes it (``close()``, e.g. a store) when the queries are done.
     """
 
@@ -94,7 +97,8 @@ class Propagator:
                  settings: Optional[dict[str, Any]] = None,
                  score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
                  info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
-                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress) -> None:
+                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress,
+                 track_references: Optional[Callable[[Iterable[Any], int], Iterable[Any]]] = None) -> None:
         from coordgan_cli.correspondence.vote import resolution_tau
 
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -102,7 +106,9 @@ class Propagator:
         self.references, self.matcher, self.out = references, matcher, Path(out)
         self.min_confidence, self.polygons, self.keypoints = min_confidence, polygons, keypoints
         self.report_limit, self.report_title, self.score = report_limit, report_title, score
-        self.info, self.warn, self.track = info, warn, track
+        self.info, self.warn, self.track, self.track_references = info, warn, track, track_references
+        if report_limit < 0:
+            raise UserError(f"--report-limit must be 0 (no picture rows) or more, got {report_limit}")
         self.defaults = {"mode": "soft", "tau": resolution_tau(references.side), "maps": None,
                          "matcher_sha256": None, **(settings or {})}
 
@@ -113,9 +119,12 @@ class Propagator:
         started = time.perf_counter()
         queries = QueryList.read(queries)
         self.kp_category, self.kp_refs = None, []
+        self.labels_store = None
         if self.keypoints is not None:
             self._read_keypoints()
         try:
+            if self.track_references is not None and hasattr(self.matcher, "track_references"):
+                self.matcher.track_references = self.track_references  # type: ignore[union-attr]
             self.matcher.fit(self.references)
             self.settings = {**self.defaults, **getattr(self.matcher, "settings", lambda: {"matcher": self.matcher.name})()}
             key = settings_key({
@@ -129,6 +138,8 @@ class Propagator:
             counts = self._label_all(queries, done, key)
         finally:
             getattr(self.matcher, "close", lambda: None)()
+            if self.labels_store is not None:
+                self.labels_store.close()
         for note in sorted(counts.pop("notes")):
             self.info(f"note: {note}")
         return self._assemble(queries, done, counts, started)
@@ -179,7 +190,7 @@ class Propagator:
         if self.min_confidence is not None:
             lab = np.where(conf < self.min_confidence, IGNORE, lab).astype(np.uint8)
         self._write_pictures(output_stem(name), image, lab, conf)
-        note = getattr(self.matcher, "write_back", lambda *a: None)(prediction, lab, conf)
+        note = self._store_labels(prediction, lab, conf)
         if note:
             notes.add(note)
         size = image.shape[:2]
@@ -192,6 +203,23 @@ class Propagator:
         if self.kp_category is not None:
             record["keypoints"] = [self._keypoints(prediction, index + 1)]
         return record
+
+    def _store_labels(self, prediction: Prediction, lab: np.ndarray, conf: np.ndarray) -> Optional[str]:
+        """Labels and confidence of a query whose maps came from a store into OUT/labels.h5 (rows
+        named as in the store); a note when the labels are not at the store's size."""
+        entry = getattr(self.matcher, "store_entry", lambda p: None)(prediction)
+        if entry is None:
+            return None
+        name, size, store = entry
+        if tuple(lab.shape) != tuple(size):
+            return (f"store maps are {size[1]}×{size[0]}, labels {lab.shape[1]}×{lab.shape[0]}: "
+                    f"those labels/confidence are not in {LABELS_H5}")
+        if self.labels_store is None:
+            from coordgan_cli.io.store import LabelsWriter
+
+            self.labels_store = LabelsWriter(self.out / LABELS_H5, size=size, store=Path(store).resolve())
+        self.labels_store.put(name, lab, conf)
+        return None
 
     def _write_pictures(self, stem: str, image: np.ndarray, lab: np.ndarray, conf: np.ndarray) -> None:
         from coordgan_cli.io.images import write_image
@@ -230,6 +258,8 @@ class Propagator:
             write_coco_stream(out / "keypoints.json", out / PROGRESS, offsets, [self.kp_category], "keypoints",
                               "coordgan propagate keypoints")
             outputs["keypoints"] = str(out / "keypoints.json")
+        if (out / LABELS_H5).is_file():
+            outputs["labels_h5"] = str(out / LABELS_H5)
         mean_conf = float(np.mean([done[n]["mean_confidence"] for n in finished])) if finished else None
         self._report(queries, done, finished, mean_conf)
         summary = {
@@ -267,6 +297,7 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
                  score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
                  info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
                  track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress,
+                 track_references: Optional[Callable[[Iterable[Any], int], Iterable[Any]]] = None,
                  **matcher_options: Any) -> dict[str, Any]:
     """Label ``queries`` (a folder, a text file of paths, '-', or a list of paths) from
     ``references`` into ``out`` — labels/ (palette PNGs), labels.json, annotations.json (COCO),
@@ -279,7 +310,8 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
         raise TypeError(f"matcher options {sorted(matcher_options)} given with a matcher object")
     propagator = Propagator(references, matcher, out, min_confidence=min_confidence, polygons=polygons,
                             keypoints=keypoints, report_limit=report_limit, report_title=report_title,
-                            settings=settings, score=score, info=info, warn=warn, track=track)
+                            settings=settings, score=score, info=info, warn=warn, track=track,
+                            track_references=track_references)
     return propagator.run(queries)
 
 

@@ -9,7 +9,8 @@
   (``metrics.iou``) and averaged over references.
 
 ``fullres`` — ours: every query at its mask's native size, every reference mask at its native
-  size, all references fused in one vote (``correspondence.vote.propagate_map``).
+  size, all references fused in one vote; run over the labelling matchers by
+  ``evaluation.protocols.run_fullres``.
 
 Correspondence maps come from a ``MapSource`` (a store, or a model); everything else is arrays.
 """
@@ -169,6 +170,13 @@ class FeatureCorrelation:
         self.device = torch.device(device)
         self.work_size, self.refine = work_size, refine
 
+    @classmethod
+    def from_matcher(cls, matcher) -> "FeatureCorrelation":
+        """The same network and settings as a ``labelling.CorrelationMatcher``."""
+        cfg = matcher.config
+        return cls(matcher.network, tau=cfg.tau, k=cfg.k, patch=cfg.patch, device=matcher.device,
+                   work_size=matcher.work_size)
+
     def prepare(self, refs: Sequence[tuple[np.ndarray, np.ndarray]]):
         """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
         labels at the image's size. Positions carrying no label mass (ignore) are left out.
@@ -305,70 +313,6 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         baselines[key] = summarize(accs, c, bench.exclude)
     matchers = {key: summarize(accs, c, bench.exclude) for key, accs in others.items()}
     return ProtocolResult("paper", summarize(acc, c, bench.exclude), baselines, size, matchers)
-
-
-def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
-                correlation: Optional[FeatureCorrelation] = None,
-                extra_baselines: Optional[dict[str, Callable]] = None,
-                progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
-    """Native resolution, all references fused into one vote; scored as one fused reference.
-
-    ``extra_baselines``: name → fn(references, reference masks, query, (H, W)) → (H, W) labels,
-    scored like the identity baseline.
-
-    With ``correlation``: the matcher's correlation over the pooled positions of every reference
-    (images resized to their masks' size) as ``matchers["correlation"]``, and the average of its
-    class probabilities with the fused coordinate vote's as ``matchers["ensemble"]``.
-    """
-    from coordgan_cli.correspondence.ensemble import coordinate_probabilities
-    from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points
-
-    c = bench.num_classes
-    refs = []
-    corr_inputs = []
-    for r in bench.references:
-        mask = bench.read_mask(r)
-        valid = source.valid(r, mask.shape)
-        refs.append((source.map(r, mask.shape), mask) if valid is None else (source.map(r, mask.shape), mask, valid))
-        if correlation is not None:
-            corr_inputs.append((resize_image(_read_image(r), mask.shape), soft_one_hot(mask, c, mask.shape)[:c]))
-    # References prepared once for every query (the vote's grid / KD-tree are built once).
-    prepared = prepare_references([reference_points(*ref) for ref in refs], c, tau)
-    corr_refs = correlation.prepare(corr_inputs) if correlation is not None else None
-    fused_name = "fused: " + ", ".join(r.name for r in bench.references)
-    acc = IoUAccumulator(c)
-    identity = IoUAccumulator(c)
-    extra = {k: IoUAccumulator(c) for k in (extra_baselines or {})}
-    others = {k: IoUAccumulator(c) for k in (("correlation", "ensemble") if correlation is not None else ())}
-    for q in bench.queries:
-        truth = bench.read_mask(q)
-        scored = (truth > 0) & (truth != IGNORE)
-        qmap = source.map(q, truth.shape)
-        # Unscored pixels (truth background / ignore) need no vote: see _vote_labels.
-        labels, _confidence, _distance = propagate_map(qmap, prepared, c, tau=tau, mode=mode, query_valid=scored)
-        if correlation is not None:
-            shares, _distance = coordinate_probabilities(qmap, prepared, c, query_valid=scored, tau=tau, mode=mode)
-            corr = correlation.probabilities(resize_image(_read_image(q), truth.shape), corr_refs)
-            others["correlation"].update(corr.argmax(axis=0).astype(np.uint8), truth)
-            others["ensemble"].update(_fused_labels(shares, corr), truth)
-        acc.update(np.asarray(labels), truth)
-        # Identity baseline: each reference mask resized to the query, majority over references.
-        counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
-        for ref in refs:
-            mask = ref[1]
-            resized = resize_labels_nearest(mask, truth.shape)
-            ids = np.where(resized == IGNORE, c, np.minimum(resized, c))
-            np.add.at(counts, (ids,) + tuple(np.indices(truth.shape)), 1)
-        pred = counts.argmax(axis=0)
-        identity.update(np.where(pred == c, IGNORE, pred).astype(np.uint8), truth)
-        for key, fn in (extra_baselines or {}).items():
-            extra[key].update(fn(bench.references, [ref[1] for ref in refs], q, truth.shape), truth)
-        if progress is not None:
-            progress(1)
-    baselines = {"identity": summarize({fused_name: identity}, c, bench.exclude)}
-    baselines.update({k: summarize({fused_name: a}, c, bench.exclude) for k, a in extra.items()})
-    return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude), baselines, None,
-                          {k: summarize({fused_name: a}, c, bench.exclude) for k, a in others.items()})
 
 
 # --------------------------------------------------------------------------------------------
