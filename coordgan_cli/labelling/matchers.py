@@ -405,3 +405,6 @@ class EnsembleMatcher(MatcherBase):
 register_matcher("coordinates", CoordinatesMatcher)
 register_matcher("correlation", CorrelationMatcher)
 register_matcher("ensemble", EnsembleMatcher)
+
+# The pretrained-backbone matchers register themselves ("features", "classifier"); lazy, no torch.
+from coordgan_cli.labelling import pretrained  # noqa: E402,F401

@@ -1,0 +1,184 @@
+"""``features`` matcher: a soft k-nearest-neighbour vote on pretrained hypercolumns.
+
+Every reference is encoded once (``fit_arrays``): its hypercolumns at the working resolution
+and its mask's class shares on the same grid, all references pooled into one candidate set
+(optionally with left/right-mirrored copies). A query cell takes the k most similar reference
+cells (cosine) and averages their class shares with softmax(cos / temperature) weights; an
+optional position term adds ``position_weight``·(x, y) to every vector, so that, on aligned
+data like faces, a match prefers the same place. The (K, h, w) probabilities are upsampled to
+the query's own size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
+                                                      mirror_pairs, pca_basis, position_channels, soft_labels)
+from coordgan_cli.correspondence.upsample import upsample_probabilities
+from coordgan_cli.labelling.matchers import MatcherBase
+
+
+class FeatureVoteMatcher(MatcherBase):
+    """Soft kNN vote on backbone hypercolumns, references fused.
+
+    Args:
+        encoder: backbone at a working resolution.
+        k: neighbours per query cell.
+        temperature: softmax temperature on cosine similarities.
+        position_weight: weight of the (x, y) cell position appended to the unit feature vector
+            (0 = appearance only).
+        flip_swap: None = no mirrored references; else class id → mirror id (``mirror_pairs``),
+            and every reference is also used flipped left↔right with its classes renamed;
+            "auto" = the table from the label names given to ``fit`` / ``fit_arrays(names=…)``.
+        top_references: 0 = vote over every reference's cells; M > 0 = only over the M
+            references (mirrored copies counted apart) whose layout is most like the query's:
+            their (D, h, w) unit features average-pooled to a ``layout_grid``² grid, compared by
+            cosine. Pooling keeps where things are, so a car facing left picks references facing
+            left — which local features alone cannot tell (left and right doors look alike).
+        layout_grid: side of that pooling grid.
+        refine: snap the upsampled probabilities to the query's edges (guided filter).
+        dims: project hypercolumns onto their first ``dims`` principal components, fitted on the
+            references (0 = keep all C): the similarity costs O(dims) instead of O(C) per pair.
+        chunk: query cells per similarity block (bounds memory to chunk × reference cells).
+    """
+
+    name = "features"
+
+    def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
+                 position_weight: float = 0.5, flip_swap: Optional[dict[int, int] | str] = "auto",
+                 refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4,
+                 chunk: int = 1024) -> None:
+        self.encoder = encoder
+        self.k = int(k)
+        self.temperature = float(temperature)
+        self.position_weight = float(position_weight)
+        self.flip_swap = flip_swap
+        self.refine = bool(refine)
+        self.dims = int(dims)
+        self.top_references = int(top_references)
+        self.layout_grid = int(layout_grid)
+        self._owner: Optional[torch.Tensor] = None
+        self._layouts: Optional[torch.Tensor] = None
+        self.chunk = int(chunk)
+        self._mean: Optional[torch.Tensor] = None
+        self._basis: Optional[torch.Tensor] = None
+        self.classes: list[int] = []
+        self._keys: Optional[torch.Tensor] = None
+        self._values: Optional[torch.Tensor] = None
+
+    def fit(self, references) -> None:
+        """Fit on ``labelling.References``: probabilities over ``references.classes``; with
+        ``flip_swap="auto"`` the mirror table comes from the label names (left/right, l_/r_)."""
+        self.references = references
+        self.fit_arrays(references.images, references.masks, references.classes,
+                        names=dict(references.labels.names))
+
+    def settings(self) -> dict:
+        """What the propagate resume key records."""
+        return {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
+                "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size, "k": self.k,
+                "temperature": self.temperature, "position_weight": self.position_weight, "dims": self.dims,
+                "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine}
+
+    def _fitted(self):
+        if not self.classes:
+            raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
+        return self
+
+    def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                   classes: Optional[Sequence[int]] = None, *,
+                   names: Optional[dict[int, str]] = None) -> "FeatureVoteMatcher":
+        """Encode references. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
+        classes: the class ids to predict (default: the ids in the masks, 255 excluded), sorted."""
+        if not images or len(images) != len(masks):
+            raise ValueError("fit_arrays needs as many masks as images, at least one")
+        images = [check_image(im, f"reference {i}") for i, im in enumerate(images)]
+        masks = [np.asarray(m) for m in masks]
+        for i, (im, m) in enumerate(zip(images, masks)):
+            if m.shape != im.shape[:2]:
+                raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
+        swap = self.flip_swap
+        if swap == "auto":
+            swap = mirror_pairs(names) if names else None
+        if swap is not None:
+            images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
+            masks = masks + [flip_mask(m, swap) for m in masks]
+        if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
+            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
+        self.classes = sorted(int(c) for c in classes)
+        encoded = [self.encoder.encode([im])[0] for im in images]
+        self._mean, self._basis = None, None
+        if self.dims > 0:
+            flat = torch.cat([F.normalize(f, dim=0).reshape(f.shape[0], -1) for f in encoded], dim=1).t()
+            self._mean, self._basis = pca_basis(flat, self.dims)
+        keys, values, owner, layouts = [], [], [], []
+        for r, (raw, m) in enumerate(zip(encoded, masks)):
+            feats = self._keys_of(raw)
+            layouts.append(self._layout_of(feats))
+            labels = torch.from_numpy(soft_labels(m, self.classes, self.encoder.grid))
+            keep = labels.sum(dim=0).reshape(-1) > 0.5  # cells mostly ignored or of other classes add noise
+            keys.append(feats.reshape(feats.shape[0], -1)[:, keep])
+            values.append(labels.reshape(len(self.classes), -1)[:, keep].to(feats.device))
+            owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
+        self._keys = torch.cat(keys, dim=1)  # (D, N)
+        self._owner = torch.cat(owner).to(self._keys.device)  # (N,) reference index of each key
+        self._layouts = torch.stack(layouts)  # (R, L)
+        self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
+        return self
+
+    def _keys_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) hypercolumns → (D, h, w) unit vectors (plus the weighted position)."""
+        feats = F.normalize(feats, dim=0)
+        if self._basis is not None:
+            c, h, w = feats.shape
+            projected = (feats.reshape(c, -1).t() - self._mean) @ self._basis
+            feats = F.normalize(projected.t().reshape(-1, h, w), dim=0)
+        if self.position_weight > 0:
+            pos = torch.from_numpy(position_channels(tuple(feats.shape[1:]))).to(feats.device)
+            feats = torch.cat([feats, self.position_weight * pos], dim=0)
+        return feats
+
+    def _layout_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """(D, h, w) keys → (L,) unit layout descriptor (appearance channels pooled on a grid)."""
+        appearance = feats[: feats.shape[0] - (2 if self.position_weight > 0 else 0)]
+        pooled = F.adaptive_avg_pool2d(appearance[None], self.layout_grid)[0]
+        return F.normalize(pooled.reshape(-1), dim=0)
+
+    def candidate_keys(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys (D, N'), values (N', K)) a query (D, h, w) is matched against: all references'
+        cells, or those of the ``top_references`` with the most similar layout."""
+        if self.top_references <= 0 or self.top_references >= len(self._layouts):
+            return self._keys, self._values
+        chosen = torch.topk(self._layouts @ self._layout_of(q), self.top_references).indices
+        keep = torch.isin(self._owner, chosen)
+        return self._keys[:, keep], self._values[keep]
+
+    def predict_grid(self, image: np.ndarray) -> np.ndarray:
+        """(K, h, w) float32 class probabilities on the working grid."""
+        if self._keys is None:
+            raise RuntimeError("call fit_arrays (or fit) before predicting")
+        q = self._keys_of(self.encoder.encode([check_image(image)])[0])
+        d, h, w = q.shape
+        keys, values = self.candidate_keys(q)
+        q = q.reshape(d, -1).t()
+        k = min(self.k, keys.shape[1])
+        out = torch.empty(q.shape[0], len(self.classes), device=q.device)
+        for s in range(0, q.shape[0], self.chunk):
+            sim = q[s:s + self.chunk] @ keys  # (n, N)
+            top, idx = torch.topk(sim, k, dim=1)
+            weights = torch.softmax(top / self.temperature, dim=1)
+            out[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, values[idx])
+        out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
+        return out.t().reshape(len(self.classes), h, w).cpu().numpy().astype(np.float32)
+
+    def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (K, H, W) float32 over ``self.classes``, confidence (H, W) float32) at the image's size."""
+        image = check_image(image)
+        probs = upsample_probabilities(self.predict_grid(image), image.shape[:2],
+                                       image if self.refine else None)
+        return probs, probs.max(axis=0)
