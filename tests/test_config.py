@@ -56,8 +56,10 @@ def test_wrong_type(tmp_path: Path) -> None:
 
 
 def test_out_of_range(tmp_path: Path) -> None:
-    msg = _error(_recipe(tmp_path, "[losses]\nwarp_tau = 0.0\n"))
-    assert "losses.warp_tau" in msg and "> 0" in msg
+    msg = _error(_recipe(tmp_path, "[losses]\nwarp_reach = 0.0\n"))
+    assert "losses.warp_reach" in msg and "> 0" in msg
+    msg = _error(_recipe(tmp_path, "[losses]\nwarp_tau = -0.01\n"))  # 0 is allowed: derived from warp_reach
+    assert "losses.warp_tau" in msg and ">= 0" in msg
     msg = _error(_recipe(tmp_path, "[losses]\npatch_max = 1.5\n"))
     assert "losses.patch_max" in msg and "<= 1" in msg
 
