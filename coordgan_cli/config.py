@@ -92,6 +92,8 @@ class LossConfig:
     texture_distance: Literal["layout", "perceptual"] = _f(
         "layout", "texture-swap distance: layout (gradient-magnitude correlation: sees layout, not colour) or "
         "perceptual (the paper's LPIPS: sees colour more than layout)")
+    texture_swap_ramp: bool = _f(True, "ramp lambda_t over the warm-up (false: full weight from step 0, so the "
+                                 "texture code never gets to own the layout)")
     structure_swap: float = _f(1.0, "lambda_s", lo=0.0)
     structure_swap_start: int = _f(10000, "step at which the patch discriminator and the structure-swap loss "
                                    "start (reference code: 10 k)", lo=0)

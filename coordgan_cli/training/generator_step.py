@@ -208,10 +208,14 @@ def _generate(g: nn.Module, z_s: torch.Tensor, z_t: torch.Tensor, gen: torch.Gen
     w_s = g.map_structure(z_s)
     w_plus = g.texture_plus(g.map_texture(z_t))
     corr = g.correspondence(w_s)
-    # The three syntheses share one batched call: fewer, larger kernels.
+    # The three syntheses share one batched call: fewer, larger kernels. They also share each
+    # image's noise: a swap then differs from its image only by the swapped code, so the
+    # texture-swap distance does not charge the texture code for edges the noise drew.
     corr3 = torch.cat([corr, corr, corr[partner]])
     w3 = torch.cat([w_plus, w_plus[partner], w_plus])
-    images = g.synthesize(corr3, w3, generator=gen)
+    noise = g.synthesis.make_noise(g.noise_mode, z_s.shape[0], corr.device, corr.dtype, gen)
+    noise = [n.repeat(3, 1, 1, 1) if n is not None and n.shape[0] == z_s.shape[0] else n for n in noise]
+    images = g.synthesize(corr3, w3, noise)
     image, tex_swap, struct_swap = images.chunk(3)
     return image, tex_swap, struct_swap, corr, w_s
 
@@ -315,7 +319,7 @@ def generator_step(state: TrainState, ctx: StepContext, step: int) -> dict[str, 
             weights["warp"] = lo.warp * ramp
         if lo.texture_swap > 0:
             parts["texture_swap"] = losses.texture_swap_loss(image, tex_swap, texture_distance)
-            weights["texture_swap"] = lo.texture_swap * ramp
+            weights["texture_swap"] = lo.texture_swap * (ramp if lo.texture_swap_ramp else 1.0)
         if structure_swap_active(ctx.recipe, step):
             # The reference crops only condition the patch discriminator: detached (reference code).
             refs = _patch_inputs(image.detach(), ctx, crop_gen)
