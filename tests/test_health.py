@@ -140,7 +140,7 @@ def test_training_warns_once_after_warm_up_when_inverted():
     assert values["layout_ratio"] < 1 and warning is None  # still warming up
     stage.state.step = 2
     _, warning = GeneratorStage.health(stage)
-    assert warning.startswith("warning: layout ratio") and "texture code owns the layout" in warning
+    assert warning.startswith("warning: layout ratio") and "structure code does not own the layout" in warning
     stage.state.step = 3
     assert GeneratorStage.health(stage)[1] is None  # once
     healthy = SimpleNamespace(state=SimpleNamespace(generator=ToyGenerator("ideal"), step=5), facts={"seed": 0},

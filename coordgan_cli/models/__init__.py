@@ -80,10 +80,18 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
 
     Keys: generator (= mapping_structure + mapping_texture + warp + synthesis [+ backward]),
     mapping_structure, mapping_texture, warp, synthesis, discriminator, patch_discriminator,
-    encoder, and backward when the backward MLP is enabled.
+    encoder (left out when the recipe's encoder sizes do not fit its input size), and backward when
+    the backward MLP is enabled.
     """
     with torch.device("meta"):
-        nets = build_networks(cfg)
+        nets = {"generator": Generator(**generator_kwargs(cfg)),
+                "discriminator": Discriminator(**discriminator_kwargs(cfg)),
+                "patch_discriminator": PatchDiscriminator(**patch_discriminator_kwargs(cfg))}
+        try:
+            nets["encoder"] = Encoder(**encoder_kwargs(cfg))
+        except ValueError:
+            # A generator recipe need not size an encoder (its encoder recipe does): no count then.
+            pass
     g = nets["generator"]
     counts = {
         "generator": count_parameters(g),
@@ -95,5 +103,6 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     if g.backward_mlp is not None:
         counts["backward"] = count_parameters(g.backward_mlp)
     for name in ("discriminator", "patch_discriminator", "encoder"):
-        counts[name] = count_parameters(nets[name])
+        if name in nets:
+            counts[name] = count_parameters(nets[name])
     return counts

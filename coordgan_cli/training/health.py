@@ -106,6 +106,8 @@ def measure_health(generator: nn.Module, z_structure: torch.Tensor, z_texture: t
 def inverted_layout_warning(values: dict[str, float], step: int) -> str:
     """The one-time warning text for an inverted layout ratio at ``step``."""
     return (f"warning: layout ratio {values['layout_ratio']:.2f} < 1 at step {step}: a texture swap changes the "
-            f"layout more ({values['layout_texture']:.2f}) than a structure swap does "
-            f"({values['layout_structure']:.2f}) — the texture code owns the layout and correspondences will not "
-            "be learnt. Check losses.texture_distance = \"layout\", losses.texture_swap and losses.warp_reach")
+            f"layout more ({values['layout_texture']:.3f}) than a structure swap does "
+            f"({values['layout_structure']:.3f}); maps of different structure codes differ by "
+            f"{values['map_displacement_px']:.2f} px and the image follows a shifted map {values['map_follow']:.2f} — "
+            "the structure code does not own the layout, so correspondences are not being learnt. See README "
+            "\"The objective, and how to tell whether a run is learning\"")
