@@ -1,8 +1,9 @@
 """Chunked top-k correlation vs the dense (HW)² CoCosNet correlation, side by side.
 
 For each grid size (64², 128², 256² by default) the same query/reference features (a fixed
-randomly initialised ``FeatureMatcher``, or a trained one with ``--checkpoint``, applied to
-scikit-image's astronaut and an affinely warped copy of it) are matched by
+randomly initialised ``FeatureMatcher``, or a trained one with ``--checkpoint``, applied to a
+synthetic face (``coordgan synth``'s renderer, seed 777) and an affinely warped copy of it) are
+matched by
   * dense:   ``correlation_dense`` — the full (HW)² softmax matrix;
   * chunked: ``correlation_chunked(k=K)`` — query chunks, top-k reference positions.
 Each method runs in its own subprocess so its peak memory is measured honestly: the rise of the
@@ -13,11 +14,20 @@ fit fails cleanly instead of swapping the machine. Label agreement is the share 
 whose arg-max label is the same as the dense result's; where dense cannot run, the reference is
 the exact chunked form (``k=None``, every reference position, still bounded memory).
 
-Finally the largest dense size within the cap is probed: the dense peak per matrix element is
+Then the largest dense size within the cap is probed: the dense peak per matrix element is
 calibrated on the sizes that ran, the largest multiple of 8 predicted to fit is tried, and
 smaller ones after it until one runs.
 
+Finally the whole per-image path of ``propagate --matcher correlation`` is timed end to end with
+default settings (the shipped matcher at its working size, labels carried back to the image's
+size with guided refinement; ``propagate_correlation``: one reference encoded, one query
+labelled; two synthetic faces with their 16 true parts): ``seconds_512`` for a 512×512 query and
+reference, ``seconds_800x600`` for 800×600 ones (a typical photo); ``*_query`` is the part a folder run pays per image (the reference is
+encoded once per run). ``--native`` adds the 512×512 figure at the images' own resolution (the
+behaviour before working sizes; minutes on a CPU; one run, no warm-up) for the ratio.
+
     python benchmarks/correlation.py [--json] [--sizes 64 128 256] [--k 128] [--cap-gib 8]
+                                     [--threads 2] [--native]
 """
 
 from __future__ import annotations
@@ -47,6 +57,18 @@ from coordgan_cli.correspondence.correlation import (  # noqa: E402
 from coordgan_cli.models.matcher import FeatureMatcher  # noqa: E402
 
 NUM_CLASSES = 6
+
+
+def _face(index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic face (image uint8 (H, W, 3), its part mask) rendered at the larger side and
+    resized to ``size`` = (H, W)."""
+    import cv2
+
+    from coordgan_cli.data.synthetic import generate_sample
+
+    sample = generate_sample("faces", index, size=max(size), seed=777)
+    image = cv2.resize(sample.image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return image, cv2.resize(sample.mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _vm_size_bytes() -> int:
@@ -85,9 +107,8 @@ def _reset_hwm() -> bool:
 def make_inputs(size: int, checkpoint: str | None) -> dict[str, torch.Tensor]:
     """Normalised features of a query and a reference at size², and the reference's one-hot mask."""
     import cv2
-    from skimage import data
 
-    ref = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    ref, _ = _face(0, (size, size))
     # Query: the reference rotated by 8°, scaled by 0.9 and shifted — a plausible second view.
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), 8, 0.9)
     matrix[:, 2] += (0.04 * size, -0.03 * size)
@@ -99,7 +120,7 @@ def make_inputs(size: int, checkpoint: str | None) -> dict[str, torch.Tensor]:
     if checkpoint:
         from coordgan_cli.training.matcher import load_matcher
 
-        matcher = load_matcher(checkpoint, torch.device("cpu"))
+        matcher, _ = load_matcher(checkpoint, torch.device("cpu"))
     else:
         torch.manual_seed(0)
         matcher = FeatureMatcher(width=32, depth=3, out_channels=64, projection=False).eval()
@@ -108,6 +129,38 @@ def make_inputs(size: int, checkpoint: str | None) -> dict[str, torch.Tensor]:
         feats = normalise_features(matcher(images))
     return {"query": feats[0].contiguous(), "reference": feats[1].contiguous(),
             "onehot": one_hot_mask(torch.from_numpy(mask), NUM_CLASSES)}
+
+
+def end_to_end(size: tuple[int, int], work_size: int | None, repeats: int = 3, warm_up: bool = True) -> dict:
+    """Seconds of ``propagate_correlation`` (one reference, one query, both ``size`` = (H, W)) with
+    the shipped matcher at ``work_size`` (None: native): the median of ``repeats`` runs after a
+    warm-up, and of the query alone with the reference prepared once."""
+    from coordgan_cli.correspondence.correlation import (correlation_probabilities, prepare_correlation_references,
+                                                         propagate_correlation)
+    from coordgan_cli.inference import resolve_matcher
+    from coordgan_cli.training.matcher import load_matcher
+
+    from coordgan_cli.data.categories import get_category
+
+    ref, mask = _face(0, size)
+    query, _ = _face(1, size)
+    classes = get_category("faces").num_classes
+    network, cfg = load_matcher(resolve_matcher(None), torch.device("cpu"))
+    kwargs = dict(tau=cfg.tau, k=cfg.k, patch=cfg.patch, work_size=work_size)
+    if warm_up:
+        propagate_correlation(query, [(ref, mask)], network, classes, **kwargs)
+    whole, per_query = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        propagate_correlation(query, [(ref, mask)], network, classes, **kwargs)
+        whole.append(time.perf_counter() - start)
+    prepared = prepare_correlation_references([(ref, mask)], network, classes, patch=cfg.patch,
+                                              work_size=work_size)
+    for _ in range(repeats if warm_up else 0):
+        start = time.perf_counter()
+        correlation_probabilities(query, prepared, network, tau=cfg.tau, k=cfg.k, patch=cfg.patch, work_size=work_size)
+        per_query.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(whole)), "seconds_query": float(np.median(per_query)) if per_query else None}
 
 
 def worker(method: str, inputs_path: str, k: int, cap_bytes: int, labels_path: str) -> dict:
@@ -147,7 +200,13 @@ def run_worker(method: str, inputs_path: Path, k: int, cap_bytes: int, labels_pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256],
+                        help="grid sizes for dense vs chunked (none: only the end-to-end timings)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
+                        help="torch/OpenCV threads for every measurement")
+    parser.add_argument("--native", action="store_true", help="also time the end-to-end path at native "
+                        "resolution (no working size; minutes)")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs per figure (median)")
     parser.add_argument("--k", type=int, default=128, help="reference positions kept per query (top-k)")
     parser.add_argument("--cap-gib", type=float, default=8.0, help="memory cap for any one method")
     parser.add_argument("--no-probe", action="store_true", help="skip probing the largest dense size")
@@ -159,6 +218,7 @@ def main() -> None:
         print(json.dumps(worker(method, inputs_path, int(k), int(cap), labels)))
         return
 
+    os.environ["BENCH_THREADS"] = str(args.threads)
     cap = int(args.cap_gib * 2**30)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result: dict = {"k": args.k, "tau": 0.01, "cap_gib": args.cap_gib, "threads": int(os.environ.get("BENCH_THREADS", "2")),
@@ -224,11 +284,35 @@ def main() -> None:
     at128 = result["sizes"].get("128", {})
     result["memory_ratio_128"] = at128.get("memory_ratio")
     result["agreement_128"] = at128.get("agreement")
+
+    import cv2
+
+    from coordgan_cli.inference import resolve_matcher
+    from coordgan_cli.training.matcher import load_matcher, matcher_work_size
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    path = resolve_matcher(None)
+    work_size = matcher_work_size(path, load_matcher(path)[1])
+    result["end_to_end"] = {"matcher": str(path.name), "work_size": work_size, "threads": args.threads,
+                            "load_average": os.getloadavg()[0]}
+    for key, size in (("512", (512, 512)), ("800x600", (600, 800))):
+        timing = end_to_end(size, work_size, args.repeats)
+        result[f"seconds_{key}"] = timing["seconds"]
+        result[f"seconds_{key}_query"] = timing["seconds_query"]
+        log(f"end to end {key}: {timing['seconds']:.2f} s (query alone {timing['seconds_query']:.2f} s), "
+            f"work size {work_size}, {args.threads} thread(s)")
+        if args.native and key == "512":
+            native = end_to_end(size, None, 1, warm_up=False)
+            result[f"seconds_{key}_native"] = native["seconds"]
+            result[f"speedup_{key}"] = native["seconds"] / timing["seconds"]
+            log(f"end to end {key} at native resolution: {native['seconds']:.1f} s (×{result[f'speedup_{key}']:.0f})")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"memory_ratio_128 = {result['memory_ratio_128']}, agreement_128 = {result['agreement_128']}, "
-              f"largest_dense_size = {result['largest_dense_size']} (cap {args.cap_gib} GiB)")
+              f"largest_dense_size = {result['largest_dense_size']} (cap {args.cap_gib} GiB), "
+              f"seconds_512 = {result['seconds_512']:.2f}, seconds_800x600 = {result['seconds_800x600']:.2f}")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ class MatcherConfig:
     depth: int = _f(3, "stride-2 stages of the feature extractor (receptive field)", lo=0)
     k: int = _f(128, "reference positions kept per query pixel in the chunked top-k correlation", lo=1)
     patch: bool = _f(False, "normalise 3x3 feature patches (CoCosNet option) before correlating")
+    work_size: int = _f(0, "shorter side (px) at which propagate/evaluate run the matcher; 0 = the size it was "
+                        "trained at (its checkpoint's pair source)", lo=0)
     steps: int = _f(2000, "matcher training steps", lo=1)
     batch: int = _f(4, "image pairs per training step", lo=1)
     lr: float = _f(0.001, "Adam learning rate of the matcher", lo=0.0, lo_open=True)

@@ -244,7 +244,7 @@ def test_bad_inputs_give_one_clear_message(workdir: Path, tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = _train(workdir, blocker / "run")
-    assert result.exit_code == 2 and "cannot write the run directory" in result.output
+    assert result.exit_code == 2 and f"{blocker} is a file, not a folder" in result.output
     # Resuming a run with another architecture is refused.
     result = _train(workdir, workdir / "reference", "--set", "model.synthesis_channels=4")
     assert result.exit_code == 2 and "model.synthesis_channels" in result.output

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from coordgan_cli import __version__
-from coordgan_cli.cli._common import CoordganGroup, AppState
+from coordgan_cli.cli._common import AppState, CoordganGroup, check_device_spec
 
 app = typer.Typer(
     name="coordgan",
@@ -38,14 +38,13 @@ def root(
     ctx: typer.Context,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (auto = CUDA if present)."),
     seed: int = typer.Option(0, "--seed", help="One seed for Python, NumPy and torch."),
-    quiet: Optional[bool] = typer.Option(
-        None, "--quiet/--verbose", help="--quiet hides progress bars; --verbose shows full tracebacks and debug detail."
-    ),
+    quiet: bool = typer.Option(False, "--quiet", help="Hide progress bars and progress lines."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show full tracebacks and debug detail."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Root options shared by every command."""
-    # One tri-state flag: None = default, True = --quiet, False = --verbose.
-    ctx.obj = AppState(device=device, seed=seed, quiet=quiet is True, verbose=quiet is False)
+    check_device_spec(device)
+    ctx.obj = AppState(device=device, seed=seed, quiet=quiet, verbose=verbose)
 
 
 def _register_commands() -> None:
@@ -59,5 +58,15 @@ _register_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM ends the program like Ctrl-C does, so the atomic
+    writers remove their temporary files on the way out."""
+    import signal
+
+    def _terminate(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
     app()

@@ -2,7 +2,7 @@
 
 Steps, each the library function behind a command: ``coordgan synth`` writes COUNT + 1 synthetic
 faces with their true part masks into OUT/faces; image 000000 and its true mask are the one
-annotated reference; ``coordgan propagate`` labels the other COUNT images with the shipped
+annotated reference; the labelling core behind ``coordgan propagate`` (``coordgan_cli.labelling``) labels the other COUNT images with the shipped
 CoordGAN model (or, with ``--matcher correlation`` or when no CoordGAN model ships, with the shipped
 correlation matcher) into OUT (labels/, overlays/, confidence/, report.html); the labels are scored against the true
 masks (mean IoU over the parts, background excluded, the paper's rules: ``metrics.iou``) beside
@@ -20,24 +20,11 @@ import typer
 
 from coordgan_cli.cli._common import get_state, info, print_json, track
 from coordgan_cli.errors import UserError
+from coordgan_cli.evaluation.scoring import score_labels  # noqa: F401  (scored here; importable from here too)
 
 CATEGORY = "faces"
 DIFFICULTY = "medium"
 DEMO_JSON = "demo.json"
-
-
-def score_labels(out: Path, data: Path, names: list[str], reference_mask, num_classes: int):
-    """(model IoUResult, identity IoUResult) of the label PNGs ``out/labels/<name>`` against the
-    true masks ``data/masks/<file name>``; identity scores ``reference_mask`` against each of them."""
-    from coordgan_cli.io.masks import read_mask
-    from coordgan_cli.metrics.iou import IoUAccumulator, summarize
-
-    model, identity = IoUAccumulator(num_classes), IoUAccumulator(num_classes)
-    for name in names:
-        truth = read_mask(data / "masks" / Path(name).name)
-        model.update(read_mask(out / "labels" / Path(name).with_suffix(".png")), truth)
-        identity.update(reference_mask, truth)
-    return summarize({"model": model}, num_classes), summarize({"identity": identity}, num_classes)
 
 
 def demo_command(
@@ -57,35 +44,17 @@ def demo_command(
     """Label COUNT synthetic faces from one annotated reference with the shipped model and score the
     labels against their true masks, beside the copy-the-reference baseline; writes OUT/report.html
     and OUT/demo.json."""
-    from coordgan_cli.cli.propagate import run_propagate
     from coordgan_cli.data.synth_set import SynthSpec, image_name, write_synth_set
-    from coordgan_cli.inference import NO_MODEL, resolve_matcher, resolve_model
+    from coordgan_cli.inference import resolve_matcher
     from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
     from coordgan_cli.io.checkpoint import file_sha256
-    from coordgan_cli.io.masks import read_labels, read_mask
+    from coordgan_cli.io.masks import read_labels
 
     state = get_state(ctx)
     started = time.perf_counter()
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
-    if matcher not in ("auto", "coordinates", "correlation"):
-        raise UserError(f"--matcher {matcher!r}: choose auto, coordinates or correlation")
-    if matcher == "correlation" and model_name is not None:
-        raise UserError("--model names a CoordGAN model; --matcher correlation uses the shipped feature matcher")
-    checkpoint = None
-    if matcher != "correlation":
-        try:
-            checkpoint = resolve_model(None, model_name)
-        except UserError as exc:
-            if exc.message != NO_MODEL:
-                raise
-            if matcher == "coordinates":
-                raise UserError("coordgan demo --matcher coordinates needs a shipped CoordGAN model and this build "
-                                "ships none (`coordgan models` lists what it has); with your own encoder "
-                                "checkpoint: coordgan synth DATA --category faces --count 51, then coordgan "
-                                "propagate --ckpt CKPT --ref DATA/images/000000.png --mask DATA/masks/000000.png "
-                                "--queries DATA/images --out OUT") from exc
-            info("no CoordGAN model ships in this build: the demo uses the shipped correlation matcher", state)
+    checkpoint = _choose_checkpoint(state, matcher, model_name)
     used = checkpoint if checkpoint is not None else resolve_matcher(None)
     method = "coordinates" if checkpoint is not None else "correlation"
 
@@ -99,30 +68,16 @@ def demo_command(
     query_list = data / "queries.txt"
     atomic_write_text(query_list, "".join(f"{q}\n" for q in queries))
     labels = read_labels(data / "labels.json")
-    reference_mask = read_mask(data / "masks" / reference)
-    num_classes = labels.num_classes
 
     # ---- propagate with the shipped model; scored before the report is written -----------------
     figures: dict[str, Any] = {}
 
-    def score(out_dir: Path, finished: list[str]) -> dict[str, str]:
-        if not finished:
-            return {}
-        ours, identity = score_labels(out_dir, data, finished, reference_mask, num_classes)
-        figures.update(queries_scored=len(finished), miou=ours.miou, miou_identity=identity.miou,
-                       classes_scored=len(ours.classes),
-                       per_class={labels.names.get(c, str(c)): v for c, v in ours.per_class.items()},
-                       per_class_identity={labels.names.get(c, str(c)): v for c, v in identity.per_class.items()})
-        return {f"mIoU vs true masks ({len(ours.classes)} parts, background excluded)": f"{100 * ours.miou:.1f} %",
-                "identity baseline (reference mask copied)": f"{100 * identity.miou:.1f} %"}
+    score = _scorer(data, reference, labels, figures)
 
     info(f"demo: labelling {count} synthetic faces from one reference ({reference}) with the shipped model "
          f"{used.stem!r} ({used})", state)
-    propagated = run_propagate(
-        state, ref=[data / "images" / reference], mask=[data / "masks" / reference], queries=str(query_list),
-        out=out, ckpt=checkpoint, matcher=method, matcher_ckpt=None if checkpoint is not None else used,
-        report_title=f"coordgan demo — {count} synthetic faces labelled by {used.stem!r} from one reference",
-        score=score)
+    propagated = _label(state, data, reference, out, checkpoint, used,
+                        f"coordgan demo — {count} synthetic faces labelled by {used.stem!r} from one reference", score)
     if not figures:
         raise UserError(f"{out}: no query was labelled (see the warnings above)")
     seconds = time.perf_counter() - started
@@ -146,6 +101,73 @@ def demo_command(
          f"{100 * figures['miou_identity']:.1f} %  [{seconds:.1f} s]", state)
     info(f"look at {out / 'report.html'} (overlays and confidence, least confident first); labels in "
          f"{out / 'labels'}; figures in {out / DEMO_JSON}", state)
+
+
+def _choose_checkpoint(state, matcher: str, model_name: Optional[str]) -> Optional[Path]:
+    """The CoordGAN model giving the maps, or None for the shipped correlation matcher."""
+    from coordgan_cli.inference import NO_MODEL, resolve_model
+
+    if matcher not in ("auto", "coordinates", "correlation"):
+        raise UserError(f"--matcher {matcher!r}: choose auto, coordinates or correlation")
+    if matcher == "correlation" and model_name is not None:
+        raise UserError("--model names a CoordGAN model; --matcher correlation uses the shipped feature matcher")
+    checkpoint = None
+    if matcher != "correlation":
+        try:
+            checkpoint = resolve_model(None, model_name)
+        except UserError as exc:
+            if exc.message != NO_MODEL:
+                raise
+            if matcher == "coordinates":
+                raise UserError("coordgan demo --matcher coordinates needs a shipped CoordGAN model and this build "
+                                "ships none (`coordgan models` lists what it has); with your own encoder "
+                                "checkpoint: coordgan synth DATA --category faces --count 51, then coordgan "
+                                "propagate --ckpt CKPT --ref DATA/images/000000.png --mask DATA/masks/000000.png "
+                                "--queries DATA/images --out OUT") from exc
+            info("no CoordGAN model ships in this build: the demo uses the shipped correlation matcher", state)
+    return checkpoint
+
+
+def _scorer(data: Path, reference: str, labels, figures: dict[str, Any]):
+    """score(out, finished) for the report: mIoU against the true masks, recorded into ``figures``."""
+    from coordgan_cli.io.masks import read_mask
+
+    reference_mask = read_mask(data / "masks" / reference)
+    num_classes = labels.num_classes
+
+    def score(out_dir: Path, finished: list[str]) -> dict[str, str]:
+        if not finished:
+            return {}
+        ours, identity = score_labels(out_dir, data, finished, reference_mask, num_classes)
+        figures.update(queries_scored=len(finished), miou=ours.miou, miou_identity=identity.miou,
+                       classes_scored=len(ours.classes),
+                       per_class={labels.names.get(c, str(c)): v for c, v in ours.per_class.items()},
+                       per_class_identity={labels.names.get(c, str(c)): v for c, v in identity.per_class.items()})
+        return {f"mIoU vs true masks ({len(ours.classes)} parts, background excluded)": f"{100 * ours.miou:.1f} %",
+                "identity baseline (reference mask copied)": f"{100 * identity.miou:.1f} %"}
+
+    return score
+
+
+def _label(state, data: Path, reference: str, out: Path, checkpoint: Optional[Path], used: Path, title: str,
+           score) -> dict[str, Any]:
+    """Label data/queries.txt from the one reference through the labelling core; its summary."""
+    from coordgan_cli.cli._common import warn
+    from coordgan_cli.correspondence.vote import resolution_tau
+    from coordgan_cli.labelling import QueryList, References, label_folder, make_matcher
+
+    queries = QueryList.read(data / "queries.txt")
+    references = References.from_pairs([(data / "images" / reference, data / "masks" / reference)],
+                                       root=queries.root, info=lambda m: info(m, state), warn=warn)
+    tau = resolution_tau(references.side)
+    if checkpoint is not None:
+        info(f"soft-vote temperature {tau:.4g} (0.01 at 128 px, scaled to {references.side} px)", state)
+        matcher = make_matcher("coordinates", ckpt=checkpoint, device=state.torch_device(), tau=tau)
+    else:
+        matcher = make_matcher("correlation", matcher_ckpt=used, device=state.torch_device())
+    return label_folder(references, queries, out, matcher, settings={"tau": tau}, report_title=title, score=score,
+                        info=lambda m: info(m, state), warn=warn,
+                        track=lambda items, total: track(items, total, "propagate", state, unit="img"))
 
 
 def register(app: typer.Typer) -> None:

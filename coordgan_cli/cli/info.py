@@ -83,7 +83,10 @@ def info_command(
     from coordgan_cli.config import load_recipe
     from coordgan_cli.models import parameter_counts
 
+    # info reads on the CPU whatever --device says (only the --health probe runs on it), but a
+    # --device that cannot be used here is refused as everywhere else rather than ignored.
     state = get_state(ctx)
+    state.torch_device()
     overrides = list(overrides or [])
     checkpoint: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None

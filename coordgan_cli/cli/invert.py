@@ -69,7 +69,8 @@ def invert_command(
 
     from coordgan_cli.inference import load_correspondence_model
     from coordgan_cli.inversion import invert_to_store, parse_shard, parse_size
-    from coordgan_cli.io.images import read_path_list
+    from coordgan_cli.io.images import IMAGE_EXTENSIONS, read_path_list
+    from coordgan_cli.io.paths import output_file, output_folder, removed_on_failure
 
     shard_spec = parse_shard(shard) if shard else None
     device = state.torch_device()
@@ -80,10 +81,16 @@ def invert_command(
         from coordgan_cli.training.distributed import setup, teardown
     else:
         setup, teardown = _single_process, lambda d: None
+    root, paths = read_path_list(source)
+    if not paths:
+        raise UserError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, hidden "
+                        "files skipped); nothing to invert")
+    output_file(out)
+    if preview is not None:
+        output_folder(preview)
     dist = setup(device)
     try:
         model = load_correspondence_model(ckpt, dist.device)
-        root, paths = read_path_list(source)
         map_size = parse_size(size, model.map_size)
         target = out
         if dist.active:
@@ -93,7 +100,7 @@ def invert_command(
         if not quiet:
             info(f"invert: {len(paths)} input(s) → {out} at {map_size[0]}×{map_size[1]}"
                  f"{' (full: codes + reconstructions)' if full else ' (structure path)'} on {dist.device}", state)
-        with make_progress(state if not quiet else type(state)(quiet=True)) as progress:
+        with make_progress(state if not quiet else type(state)(quiet=True), unit="img") as progress:
             task = progress.add_task("invert", total=None, rate="")
             t0 = time.perf_counter()
             def on_progress(advance: int, written: int) -> None:
@@ -104,11 +111,13 @@ def invert_command(
                 if not quiet:
                     warn(f"skipped {entry['path']}: {entry['reason']}")
 
-            summary = invert_to_store(
-                model, paths, root, target, size=map_size, full=full, batch_size=batch_size, shard=shard_spec,
-                preview=preview, strict=strict, dtype=dtype, workers=workers,
-                on_total=lambda n: progress.update(task, total=n), progress=on_progress, on_skip=on_skip,
-            )
+            # A store this run creates is removed again if it fails before storing a row.
+            with removed_on_failure(target, lambda: stored_rows(target) > 0):
+                summary = invert_to_store(
+                    model, paths, root, target, size=map_size, full=full, batch_size=batch_size, shard=shard_spec,
+                    preview=preview, strict=strict, dtype=dtype, workers=workers,
+                    on_total=lambda n: progress.update(task, total=n), progress=on_progress, on_skip=on_skip,
+                )
         result = summary.to_json()
         if dist.active:
             # Totals over all ranks (the mean times the number of ranks).
@@ -168,6 +177,20 @@ def _model_and_input(args: list[str], model: Optional[str], state) -> tuple[Path
     return path, args[0]
 
 
+def stored_rows(path: Path) -> int:
+    """Complete rows of a store (0 when it is unreadable)."""
+    from coordgan_cli.io.store import StoreReader
+
+    try:
+        reader = StoreReader(path)
+    except (UserError, OSError):
+        return 0
+    try:
+        return len(reader.names)
+    finally:
+        reader.close()
+
+
 def _single_process(device):
     from types import SimpleNamespace
 
@@ -179,6 +202,9 @@ def _merge(args: list[str], out: Path, state, as_json: bool) -> None:
 
     if not args:
         raise UserError("--merge needs the shard stores to join: coordgan invert --merge a.h5 b.h5 --out all.h5")
+    from coordgan_cli.io.paths import output_file
+
+    output_file(out)
     t0 = time.perf_counter()
     rows = merge_stores([Path(a) for a in args], out)
     seconds = time.perf_counter() - t0

@@ -36,10 +36,12 @@ def swap_command(
     state = get_state(ctx)
     from coordgan_cli.inference import is_default_model, load_correspondence_model, resolve_model
     from coordgan_cli.io.images import write_image
+    from coordgan_cli.io.paths import output_file
     from coordgan_cli.swapping import load_source, swap_grid
 
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: the grid must be a .png or .jpg file")
+    output_file(out)  # before the model loads: a bad --out fails at once
     path = resolve_model(ckpt, model_name)
     if is_default_model(path):
         info(f"swap: the shipped model {path.stem!r} ({path}); give CKPT or --model to choose another", state)

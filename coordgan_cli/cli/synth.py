@@ -12,6 +12,7 @@ from coordgan_cli.cli._common import get_state, info, print_json, track
 from coordgan_cli.data.categories import category_names
 from coordgan_cli.data.synth_set import SynthSpec, write_synth_set
 from coordgan_cli.data.synthetic import DIFFICULTIES
+from coordgan_cli.io.paths import output_folder, removed_on_failure
 
 
 def synth(
@@ -37,7 +38,10 @@ def synth(
     def progress(items, total):
         return track(items, total, f"synth {category}", state, unit="img")
 
-    result = write_synth_set(out_dir, spec, overwrite=overwrite, workers=workers, progress=progress)
+    # A folder this command creates is removed again if it fails before writing an image.
+    with removed_on_failure(out_dir, lambda: any((out_dir / "images").glob("*"))):
+        output_folder(out_dir)
+        result = write_synth_set(out_dir, spec, overwrite=overwrite, workers=workers, progress=progress)
     if json_out:
         print_json(asdict(result))
     else:

@@ -54,9 +54,9 @@ class RichReporter:
     def start(self, first_step: int, target: int) -> None:
         if not self.enabled or first_step >= target:
             return
-        self.progress = make_progress(self.state)
+        self.progress = make_progress(self.state, unit="step")
         self.progress.start()
-        self.task = self.progress.add_task("train", total=target, completed=first_step, rate="")
+        self.task = self.progress.add_task("train", total=target, completed=first_step, rate="", detail="")
         self._t0, self._first = time.perf_counter(), first_step
 
     def step(self, step: int, logs: dict[str, float]) -> None:
@@ -68,7 +68,7 @@ class RichReporter:
         if self._health:
             shown += "  |  " + "  ".join(f"{short} {self._health[k]:.2f}" for k, short in HEALTH.items()
                                          if k in self._health)
-        self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {shown}")
+        self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {shown}", detail=shown)
 
     def stop(self) -> None:
         if self.progress is not None:
@@ -84,9 +84,14 @@ def resolve_recipe_options(recipe_path: Path, overrides: list[str], data: Option
     return recipe
 
 
-def check_max_steps(max_steps: Optional[int]) -> None:
+def check_max_steps(max_steps: Optional[int], steps: Optional[int] = None, key: str = "schedule.steps") -> None:
+    """``--max-steps`` is a stopping point inside the recipe's schedule (``key`` = ``steps``);
+    beyond it the run would end at ``steps`` anyway, so say so instead of stopping silently."""
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    if max_steps is not None and steps is not None and max_steps > steps:
+        raise UserError(f"--max-steps {max_steps} is beyond the recipe's {key} = {steps} (training ends there); "
+                        f"to train longer, lengthen the schedule: --set {key}={max_steps}")
 
 
 def run_stage(state: AppState, losses: dict[str, str], train: Callable[[RichReporter], dict[str, Any]]) -> None:
@@ -108,7 +113,7 @@ def _run(ctx: typer.Context, recipe: Recipe, out: Optional[Path], max_steps: Opt
     if dry_run:
         typer.echo(recipe_to_toml(recipe), nl=False)
         return
-    check_max_steps(max_steps)
+    check_max_steps(max_steps, recipe.schedule.steps, "schedule.steps")
     options = TrainOptions(recipe=recipe, run=Path(out) if out is not None else Path(recipe.output.dir),
                            device=state.torch_device(), seed=state.seed, max_steps=max_steps, finetune=finetune)
     run_stage(state, GENERATOR_LOSSES, lambda reporter: train(options, reporter))

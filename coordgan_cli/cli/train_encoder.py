@@ -20,7 +20,7 @@ ENCODER_LOSSES = {"rec_l1": "L1", "rec_perceptual": "perc", "con_code": "con_w",
 def train_encoder_command(
     ctx: typer.Context,
     gan_ckpt: Path = typer.Argument(..., help="The trained generator checkpoint (e.g. RUN/latest.pt of coordgan train)."),
-    recipe: Path = typer.Argument(..., help="Recipe TOML with an [encoder] section (the GAN's recipe works); the "
+    recipe: Path = typer.Argument(..., help="Recipe TOML with an \\[encoder] section (the GAN's recipe works); the "
                                   "generator architecture comes from GAN_CKPT, encoder sizes (model.encoder_*) from here."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: the recipe's output.dir + "
                                        "'-encoder'). An existing run resumes from its newest checkpoint."),
@@ -45,7 +45,7 @@ def train_encoder_command(
         full, _ = resolve_recipe(resolved, load_checkpoint(gan_ckpt), gan_ckpt)
         typer.echo(recipe_to_toml(full), nl=False)
         return
-    check_max_steps(max_steps)
+    check_max_steps(max_steps, resolved.encoder.steps, "encoder.steps")
     options = EncoderTrainOptions(generator_checkpoint=gan_ckpt, recipe=resolved,
                                   run=out if out is not None else Path(resolved.output.dir + "-encoder"),
                                   device=state.torch_device(), seed=state.seed, max_steps=max_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 def train_matcher_command(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., help="Recipe TOML with a [matcher] section (e.g. recipes/matcher-synthetic.toml)."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML with a \\[matcher] section (e.g. recipes/matcher-synthetic.toml)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; an existing run resumes from its latest.pt."),
     store: Optional[Path] = typer.Option(None, "--store", help="Ground-truth correspondence store (`coordgan synth` "
                                          "ROOT/correspondence.h5) to draw pairs from."),
@@ -42,6 +43,7 @@ def train_matcher_command(
     Multi-process: torchrun --nproc_per_node=N -m coordgan_cli train-matcher RECIPE --out RUN --store S
     (gloo on CPU, NCCL on GPUs; matcher.batch must divide by N).
     """
+    from coordgan_cli.io.paths import removed_on_failure
     from coordgan_cli.training import distributed
     from coordgan_cli.training.matcher import GanPairSource, StorePairSource, check_matcher_batch_split
 
@@ -51,13 +53,13 @@ def train_matcher_command(
         raise UserError("give exactly one pair source: --store STORE (with --images DIR) or --gan CHECKPOINT")
     if gan is not None and images is not None:
         raise UserError("--images belongs to --store; --gan draws its own images")
-    check_max_steps(max_steps)
+    check_max_steps(max_steps, resolved.matcher.steps, "matcher.steps")
     if store is not None and not store.is_file():
         raise UserError(f"--store {store}: file not found")
 
     def pair_source(device: torch.device) -> PairSource:
         if store is not None:
-            return StorePairSource(store, images if images is not None else store.parent / "images")
+            return StorePairSource(store, images)
         return GanPairSource(gan, device)
 
     if dry_run:
@@ -72,9 +74,13 @@ def train_matcher_command(
         return
 
     dist = distributed.setup(state.torch_device())  # a torchrun job, or this process alone
+    # A run folder this command made goes again if it fails before its first checkpoint.
+    cleanup = removed_on_failure(out, lambda: (out / "latest.pt").is_file()) if dist.is_main \
+        else contextlib.nullcontext()
     try:
-        check_matcher_batch_split(resolved.matcher, dist.world_size)
-        _train(resolved, out, pair_source(dist.device), max_steps, state, dist)
+        with cleanup:
+            check_matcher_batch_split(resolved.matcher, dist.world_size)
+            _train(resolved, out, pair_source(dist.device), max_steps, state, dist)
     finally:
         distributed.teardown(dist)
 
@@ -90,7 +96,7 @@ def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[
         return
     processes = f"; {dist.world_size} processes on {dist.device}" if dist.active else ""
     info(f"matcher: {json.dumps(source.describe())} → {out}{processes}", state)
-    progress = make_progress(state)
+    progress = make_progress(state, unit="step")
     task = None
     t0 = time.perf_counter()
     first: list[int] = []
@@ -99,10 +105,10 @@ def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[
         nonlocal task
         if task is None:
             first.append(step - 1)
-            task = progress.add_task("train-matcher", total=target, completed=step - 1, rate="")
+            task = progress.add_task("train-matcher", total=target, completed=step - 1, rate="", detail="")
         rate = (step - first[0]) / max(time.perf_counter() - t0, 1e-9)
-        progress.update(task, completed=step,
-                        rate=f"{rate:.2f} it/s  loss {metrics['loss']:.3f}  acc {metrics['accuracy']:.2f}")
+        shown = f"loss {metrics['loss']:.3f}  acc {metrics['accuracy']:.2f}"
+        progress.update(task, completed=step, rate=f"{rate:.2f} it/s  {shown}", detail=shown)
 
     with progress:
         metrics = train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps,

@@ -12,6 +12,14 @@ across chunks is O(HqWq·k) and the transient per-chunk block is bounded by ``ch
 
 ``correlation_dense`` is the plain reference (tests, benchmarks); ``correlation_chunked`` is what
 the toolkit runs. Both are torch and follow the device of their inputs.
+
+Working resolution. A matcher trained on 64 px images describes a 64 px face; on an 800×600 photo
+its receptive field covers a sliver of the object, so matching there is both slow (the
+correlation grows with (HW)²) and worse. With ``work_size`` the references and queries are
+resized so that their shorter side is ``work_size`` (aspect kept) before the matcher sees them,
+matched there, and the query's class probabilities are carried back to its own size by
+``upsample.upsample_probabilities`` (bilinear, then refined at boundaries by the query image with
+a guided filter).
 """
 
 from __future__ import annotations
@@ -164,6 +172,58 @@ def one_hot_mask(mask: torch.Tensor, num_classes: int, ignore: int = 255) -> tor
     return onehot * keep.unsqueeze(0).float()
 
 
+def work_shape(size: Sequence[int], work_size: Optional[int]) -> tuple[int, int]:
+    """(h, w) at which the matcher sees an image of ``size`` (H, W): the shorter side becomes
+    ``work_size``, the aspect ratio is kept (sides rounded, at least 1). ``None`` or 0: (H, W)."""
+    h, w = int(size[0]), int(size[1])
+    if not work_size:
+        return h, w
+    if work_size < 0:
+        raise ValueError(f"work_size must be positive (or 0/None for the native size), got {work_size}")
+    scale = work_size / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """uint8 (H, W, 3) → (h, w, 3): area averaging when shrinking (no aliasing), bilinear when
+    enlarging. Returned unchanged at the same size."""
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Per-class label mass (C, H, W) float → (C, h, w) float32 by area averaging (soft at
+    boundaries; mass of ignore pixels, which is 0 in every class, stays out)."""
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.shape[1:] == (h, w):
+        return labels
+    shrink = h * w < labels.shape[1] * labels.shape[2]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(np.ascontiguousarray(plane), (w, h), interpolation=interp) for plane in labels])
+
+
+def carry_back(probabilities: torch.Tensor, image: np.ndarray, *, refine: bool = True) -> torch.Tensor:
+    """Class probabilities (C, h, w) at the working size → (C, H, W) at ``image``'s own size (a
+    float32 tensor on the same device): bilinear upsampling of the probabilities, refined at
+    boundaries by ``image`` (uint8 (H, W, 3)) with a guided filter unless ``refine`` is False.
+    Unchanged when the sizes already agree."""
+    from coordgan_cli.correspondence.upsample import upsample_probabilities
+
+    size = tuple(image.shape[:2])
+    if tuple(probabilities.shape[1:]) == size:
+        return probabilities
+    up = upsample_probabilities(probabilities.float().cpu().numpy(), size, image if refine else None)
+    return torch.from_numpy(up).to(probabilities.device)
+
+
 def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (H, W, 3) → float (1, 3, H, W) in [-1, 1] (the generator's image range)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -185,12 +245,15 @@ class CorrelationReferences(NamedTuple):
 
 def prepare_correlation_references(refs: Sequence[tuple[np.ndarray, np.ndarray]], matcher: torch.nn.Module,
                                    num_classes: int, *, device: torch.device | str = "cpu", patch: bool = False,
-                                   ignore: int = 255) -> CorrelationReferences:
+                                   ignore: int = 255, work_size: Optional[int] = None) -> CorrelationReferences:
     """Features and one-hot labels of the references' labelled positions, pooled.
 
     refs: [(ref_image uint8 (Hr, Wr, 3), ref_mask uint8 (Hr, Wr))], sizes may differ. ``matcher``
     maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features. Pixels marked ``ignore`` are
-    left out of the candidate positions. Tensors live on ``device``.
+    left out of the candidate positions. Tensors live on ``device``. With ``work_size`` each
+    reference is matched at :func:`work_shape` (its one-hot labels area-averaged to that size, so
+    positions on a boundary carry soft labels; positions that are wholly ``ignore`` are left out).
+    Call once per run: the result serves every query.
     """
     if not refs:
         raise UserError("propagate: at least one reference (image, mask) is needed")
@@ -200,11 +263,17 @@ def prepare_correlation_references(refs: Sequence[tuple[np.ndarray, np.ndarray]]
         for ref_image, ref_mask in refs:
             if ref_mask.shape != ref_image.shape[:2]:
                 raise UserError(f"reference mask size {ref_mask.shape} differs from its image size {ref_image.shape[:2]}")
-            f = normalise_features(matcher(_image_tensor(ref_image, device))[0], patch=patch)
             mask = torch.from_numpy(np.ascontiguousarray(ref_mask)).to(device)
-            keep = (mask != ignore).reshape(-1)
+            onehot = one_hot_mask(mask, num_classes, ignore)
+            shape = work_shape(ref_mask.shape, work_size)
+            if shape != tuple(ref_mask.shape):
+                ref_image = resize_image(ref_image, shape)
+                onehot = torch.from_numpy(resize_labels(onehot.cpu().numpy(), shape)).to(device)
+            f = normalise_features(matcher(_image_tensor(ref_image, device))[0], patch=patch)
+            onehot = onehot.reshape(num_classes, -1)
+            keep = onehot.sum(dim=0) > 0
             feats.append(f.reshape(f.shape[0], -1)[:, keep])
-            onehots.append(one_hot_mask(mask, num_classes, ignore).reshape(num_classes, -1)[:, keep])
+            onehots.append(onehot[:, keep])
     features = torch.cat(feats, dim=1)
     if features.shape[1] == 0:
         raise UserError("propagate: every reference pixel is marked ignore (255)")
@@ -213,25 +282,30 @@ def prepare_correlation_references(refs: Sequence[tuple[np.ndarray, np.ndarray]]
 
 def correlation_probabilities(query_image: np.ndarray, references: CorrelationReferences, matcher: torch.nn.Module,
                               *, tau: float = 0.01, k: Optional[int] = 128, device: torch.device | str = "cpu",
-                              patch: bool = False) -> torch.Tensor:
+                              patch: bool = False, work_size: Optional[int] = None,
+                              refine: bool = True) -> torch.Tensor:
     """Warped one-hot reference labels on a query image: (C, H, W) float, each pixel sums to 1.
 
     query_image: uint8 (H, W, 3); ``references`` from :func:`prepare_correlation_references` (same
-    ``matcher`` and ``patch``). Each query pixel's softmax runs over the top-k positions of all
-    references together, so the best-matching reference wins locally.
+    ``matcher``, ``patch`` and ``work_size``). Each query pixel's softmax runs over the top-k
+    positions of all references together, so the best-matching reference wins locally. With
+    ``work_size`` the query is matched at :func:`work_shape` and the probabilities are carried
+    back to (H, W) by :func:`carry_back` (guided by the query image unless ``refine`` is False).
     """
+    shape = work_shape(query_image.shape[:2], work_size)
     with torch.no_grad():
-        query = normalise_features(matcher(_image_tensor(query_image, torch.device(device)))[0], patch=patch)
+        small = resize_image(query_image, shape)
+        query = normalise_features(matcher(_image_tensor(small, torch.device(device)))[0], patch=patch)
         # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
         result = correlation_chunked(query, references.features.unsqueeze(1), references.onehot.unsqueeze(1),
                                      tau=tau, k=k, normalise=False)
-    return result.probabilities
+    return carry_back(result.probabilities, query_image, refine=refine)
 
 
 def propagate_correlation(query_image: np.ndarray, refs: Sequence[tuple[np.ndarray, np.ndarray]],
                           matcher: torch.nn.Module, num_classes: int, *, tau: float = 0.01, k: int = 128,
                           device: torch.device | str = "cpu", patch: bool = False,
-                          ignore: int = 255) -> tuple[np.ndarray, np.ndarray]:
+                          ignore: int = 255, work_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Transfer reference masks to a query image by feature correlation.
 
     query_image: uint8 (H, W, 3). refs: [(ref_image uint8 (Hr, Wr, 3), ref_mask uint8 (Hr, Wr))]
@@ -239,11 +313,14 @@ def propagate_correlation(query_image: np.ndarray, refs: Sequence[tuple[np.ndarr
     W) image in [-1, 1] to (1, D, H, W) per-pixel features (``coordgan_cli.models.matcher``).
     Several references are fused by pooling their positions (see :func:`correlation_probabilities`).
     Pixels marked ``ignore`` in a reference mask are left out of the candidate positions.
+    ``work_size``: match at that shorter side and carry the probabilities back (see the module
+    docstring); None matches at the images' own sizes.
     Returns (labels uint8 (H, W), confidence float32 (H, W) = the winning class probability).
     For many queries, prepare the references once and call :func:`correlation_probabilities`.
     """
-    prepared = prepare_correlation_references(refs, matcher, num_classes, device=device, patch=patch, ignore=ignore)
+    prepared = prepare_correlation_references(refs, matcher, num_classes, device=device, patch=patch, ignore=ignore,
+                                              work_size=work_size)
     probabilities = correlation_probabilities(query_image, prepared, matcher, tau=tau, k=k, device=device,
-                                              patch=patch)
+                                              patch=patch, work_size=work_size)
     labels = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
     return labels, probabilities.max(dim=0).values.float().cpu().numpy()

@@ -3,7 +3,10 @@
 Both matchers give, at every query pixel, a distribution over classes: the coordinate vote's
 τ-weighted class shares (``vote.vote(..., return_probabilities=True)``) and the correlation's
 warped one-hot reference labels (``correlation.correlation_probabilities``). The ensemble is their
-plain average; its label is the argmax and its confidence the winning class's fused share.
+plain average; its label is the argmax and its confidence the winning class's fused share. The
+correlation runs at the matcher's working size and its probabilities are carried back to the
+query's own size (``correlation.carry_back``) before they are averaged with the vote's, which is
+computed on the query's own grid.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -348,80 +348,102 @@ def _require_dir(root: Path) -> None:
         raise UserError(f"--root {root}: not a folder")
 
 
+# A layout's loader: loader(root, *, refs, queries, **options) → Benchmark (options: the layout's
+# own settings, e.g. a number of references); it raises UserError with ONE message listing
+# everything missing or unpaired.
+DatasetLoader = Callable[..., Benchmark]
+_LOADERS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str, loader: DatasetLoader) -> None:
+    """Make ``load_benchmark(name, ...)`` (``coordgan evaluate --dataset name``) use ``loader``."""
+    _LOADERS[name] = loader
+
+
+def available_datasets() -> list[str]:
+    return list(_LOADERS)
+
+
 def load_benchmark(dataset: str, root: str | Path, *, refs: Optional[Sequence[str]] = None,
-                   queries: Optional[int] = None) -> Benchmark:
+                   queries: Optional[int] = None, **options: Any) -> Benchmark:
     """Resolve a benchmark tree into references and queries.
 
     Args:
-        dataset: one of ``DATASETS``.
+        dataset: a registered layout (``available_datasets()``; built in: ``DATASETS``).
         root: the tree's top folder (see the module docstring for each layout).
         refs: names (path, file name or stem) overriding the paper's references.
         queries: use only the first N non-reference images as queries.
+        options: the layout's own settings, passed to its loader.
 
     Raises UserError with ONE message listing everything missing or unpaired.
     """
     root = Path(root)
     _require_dir(root)
-    if dataset in ("dgan-face", "dgan-car"):
-        category = "face" if dataset == "dgan-face" else "car"
-        train, test, classes, exclude = _load_dgan(root, category)
-        if len(train) < PAPER_REFERENCES and not refs:
-            raise UserError(f"{root}: the paper's protocol takes {PAPER_REFERENCES} references from the training "
-                            f"folder, found {len(train)} annotated training images (use --refs to choose)")
-        ordered = train + test
-        references, query_list, choice = _choose(
-            ordered, train[:PAPER_REFERENCES], train[PAPER_REFERENCES:] + test, refs, queries, str(root),
-            f"paper references: the first {PAPER_REFERENCES} training images; queries: every other "
-            f"training and testing image")
-        return Benchmark(dataset, root, list(classes), exclude, references, query_list, choice)
-    if dataset == "celebamask-hq":
-        missing = [f"{d}/" for d in ("CelebA-HQ-img", "CelebAMask-HQ-mask-anno") if not (root / d).is_dir()]
-        if missing:
-            raise UserError(f"{root}: not a CelebAMask-HQ tree; missing: {', '.join(missing)} "
-                            f"(expected CelebA-HQ-img/<idx>.jpg and CelebAMask-HQ-mask-anno/<idx//2000>/<idx:05d>_<part>.png)")
-        paper_refs, paper_queries = celeba_paper_split()
-        if refs or queries is not None:
-            available = _celeba_available(root)
-            if refs:
-                ref_names = _resolve_refs(refs, available, f"{root}/CelebA-HQ-img")
-            else:
-                ref_names = paper_refs
-            if queries is not None:
-                if queries < 1:
-                    raise UserError("--queries must be at least 1")
-                pool = [n for n in available if n not in set(ref_names)]
-                if len(pool) < queries:
-                    raise UserError(f"--queries {queries}: only {len(pool)} non-reference images in {root}/CelebA-HQ-img")
-                query_names = pool[:queries]
-                q_note = f"queries: the first {queries} non-reference images by index"
-            else:
-                query_names = [n for n in paper_queries if n not in set(ref_names)]
-                q_note = "paper queries (100 images)"
-            choice = (f"references from --refs: {', '.join(ref_names)}" if refs
-                      else "paper references 1, 100, 10000, 10001, 10003") + "; " + q_note
+    if dataset not in _LOADERS:
+        raise UserError(f"--dataset {dataset!r}: unknown; choose one of {', '.join(_LOADERS)}")
+    return _LOADERS[dataset](root, refs=refs, queries=queries, **options)
+
+
+def _load_dgan_layout(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int],
+                      dataset: str) -> Benchmark:
+    category = "face" if dataset == "dgan-face" else "car"
+    train, test, classes, exclude = _load_dgan(root, category)
+    if len(train) < PAPER_REFERENCES and not refs:
+        raise UserError(f"{root}: the paper's protocol takes {PAPER_REFERENCES} references from the training "
+                        f"folder, found {len(train)} annotated training images (use --refs to choose)")
+    ordered = train + test
+    references, query_list, choice = _choose(
+        ordered, train[:PAPER_REFERENCES], train[PAPER_REFERENCES:] + test, refs, queries, str(root),
+        f"paper references: the first {PAPER_REFERENCES} training images; queries: every other "
+        f"training and testing image")
+    return Benchmark(dataset, root, list(classes), exclude, references, query_list, choice)
+
+
+def _load_celeba(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int]) -> Benchmark:
+    missing = [f"{d}/" for d in ("CelebA-HQ-img", "CelebAMask-HQ-mask-anno") if not (root / d).is_dir()]
+    if missing:
+        raise UserError(f"{root}: not a CelebAMask-HQ tree; missing: {', '.join(missing)} "
+                        f"(expected CelebA-HQ-img/<idx>.jpg and CelebAMask-HQ-mask-anno/<idx//2000>/<idx:05d>_<part>.png)")
+    paper_refs, paper_queries = celeba_paper_split()
+    if refs or queries is not None:
+        available = _celeba_available(root)
+        if refs:
+            ref_names = _resolve_refs(refs, available, f"{root}/CelebA-HQ-img")
         else:
-            ref_names, query_names = paper_refs, paper_queries
-            choice = ("paper references 1, 100, 10000, 10001, 10003; queries: names 100–199 of the "
-                      "30 000 names sorted as strings")
-        problems: list[str] = []
-        references, query_list = [], []
-        for names, out in ((ref_names, references), (query_names, query_list)):
-            for n in names:
-                sample, p = _celeba_sample(root, n)
-                problems.extend(p)
-                out.append(sample)
-        if problems:
-            shown = problems[:12]
-            more = f" … and {len(problems) - 12} more" if len(problems) > 12 else ""
-            raise UserError(f"{root}: the CelebAMask-HQ tree lacks files this protocol needs: "
-                            f"{', '.join(shown)}{more} (use --refs/--queries to evaluate a partial set)")
-        return Benchmark(dataset, root, list(CELEBA_7_CLASSES), frozenset(), references, query_list, choice)
-    if dataset == "synthetic":
-        return _load_synthetic(root, refs, queries)
-    raise UserError(f"--dataset {dataset!r}: unknown; choose one of {', '.join(DATASETS)}")
+            ref_names = paper_refs
+        if queries is not None:
+            if queries < 1:
+                raise UserError("--queries must be at least 1")
+            pool = [n for n in available if n not in set(ref_names)]
+            if len(pool) < queries:
+                raise UserError(f"--queries {queries}: only {len(pool)} non-reference images in {root}/CelebA-HQ-img")
+            query_names = pool[:queries]
+            q_note = f"queries: the first {queries} non-reference images by index"
+        else:
+            query_names = [n for n in paper_queries if n not in set(ref_names)]
+            q_note = "paper queries (100 images)"
+        choice = (f"references from --refs: {', '.join(ref_names)}" if refs
+                  else "paper references 1, 100, 10000, 10001, 10003") + "; " + q_note
+    else:
+        ref_names, query_names = paper_refs, paper_queries
+        choice = ("paper references 1, 100, 10000, 10001, 10003; queries: names 100–199 of the "
+                  "30 000 names sorted as strings")
+    problems: list[str] = []
+    references, query_list = [], []
+    for names, out in ((ref_names, references), (query_names, query_list)):
+        for n in names:
+            sample, p = _celeba_sample(root, n)
+            problems.extend(p)
+            out.append(sample)
+    if problems:
+        shown = problems[:12]
+        more = f" … and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise UserError(f"{root}: the CelebAMask-HQ tree lacks files this protocol needs: "
+                        f"{', '.join(shown)}{more} (use --refs/--queries to evaluate a partial set)")
+    return Benchmark("celebamask-hq", root, list(CELEBA_7_CLASSES), frozenset(), references, query_list, choice)
 
 
-def _load_synthetic(root: Path, refs: Optional[Sequence[str]], queries: Optional[int]) -> Benchmark:
+def _load_synthetic(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int]) -> Benchmark:
     from coordgan_cli.io.masks import read_labels
 
     missing = []
@@ -502,3 +524,9 @@ def read_keypoints(path: str | Path) -> dict[str, np.ndarray]:
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a COCO keypoints file ({type(exc).__name__}: {exc})") from exc
     return out
+
+
+register_dataset("dgan-face", lambda root, **kw: _load_dgan_layout(root, dataset="dgan-face", **kw))
+register_dataset("dgan-car", lambda root, **kw: _load_dgan_layout(root, dataset="dgan-car", **kw))
+register_dataset("celebamask-hq", _load_celeba)
+register_dataset("synthetic", _load_synthetic)

@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from coordgan_cli.errors import UserError
+from coordgan_cli.io.paths import unwritable
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
@@ -21,9 +24,14 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     (Pillow, OpenCV, h5py) pick the right format.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp" + path.suffix,
-                               dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp" + path.suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        raise unwritable(path, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -32,8 +40,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         yield tmp_path
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise unwritable(path, exc) from exc
     except BaseException:
+        # Also on KeyboardInterrupt / SystemExit (SIGTERM, see cli.main): no *.tmp file is left.
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise

@@ -87,11 +87,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - garbage bytes can fail anywhere inside the unpickler
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        # A pickle naming classes (code) is refused by the weights-only unpickler with "Unsupported
+        # global"; random or truncated bytes fail on some other opcode, or earlier.
+        if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
             raise UserError(f"{path}: holds objects other than plain tensors and data; not a coordgan checkpoint "
                             "(refusing to run code from it)") from exc
         size = path.stat().st_size
-        raise UserError(f"{path}: not a readable torch checkpoint ({size} bytes; truncated or another kind of file)") from exc
+        what = "an empty, 0-byte file" if size == 0 else f"{size} bytes; truncated, damaged or another kind of file"
+        raise UserError(f"{path}: not a readable torch checkpoint ({what})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise UserError(f"{path}: not a coordgan checkpoint (format {found!r}, expected {FORMAT!r})")

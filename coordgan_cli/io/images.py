@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,42 +41,53 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+@contextlib.contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Turn whatever Pillow raises for a bad file into one ImageReadError naming ``path``
+    (decompression bombs included: the warning-level guard is made an error too)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: image is too large ({exc}); Pillow's decompression-bomb guard refused it") \
+            from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: not an image file Pillow can read (an empty, 0-byte file)") from exc
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageReadError(f"{path}: not an image file Pillow can read") from exc
+        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3), applying its EXIF orientation.
 
     Greyscale, palette, RGBA (composited on white) and 16-bit inputs are converted. Raises
-    ImageReadError naming the file for anything unreadable, including Pillow's
-    decompression-bomb guard.
+    ImageReadError naming the file for anything unreadable (empty, truncated, not an image,
+    or refused by Pillow's decompression-bomb guard).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: image file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_uint8_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(
-            f"{path}: image is too large ({exc}); Pillow's decompression-bomb guard refused it"
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageReadError(f"{path}: not an image file Pillow can read") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
+    with _decode_errors(path):
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_uint8_rgb(img)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) after EXIF orientation, reading only the header where possible."""
+    """(height, width) after EXIF orientation, reading only the header where possible.
+
+    Raises ImageReadError naming the file (missing, empty, not an image, decompression bomb)."""
     path = Path(path)
-    try:
+    if not path.is_file():
+        raise ImageReadError(f"{path}: image file not found")
+    with _decode_errors(path):
         with Image.open(path) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: cannot read image header ({exc})") from exc
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

@@ -9,7 +9,8 @@
   (``metrics.iou``) and averaged over references.
 
 ``fullres`` — ours: every query at its mask's native size, every reference mask at its native
-  size, all references fused in one vote (``correspondence.vote.propagate_map``).
+  size, all references fused in one vote; run over the labelling matchers by
+  ``evaluation.protocols.run_fullres``.
 
 Correspondence maps come from a ``MapSource`` (a store, or a model); everything else is arrays.
 """
@@ -20,8 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from coordgan_cli.correspondence.vote import PAPER_SIZE, PAPER_TAU
 from coordgan_cli.data.benchmarks import Benchmark, Sample
@@ -40,6 +39,8 @@ class MapSource(Protocol):
 
 def resize_map(correspondence_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False) resampling of a (2, h, w) map to (2, H, W) float32."""
+    import torch
+    import torch.nn.functional as F
     cmap = np.asarray(correspondence_map, dtype=np.float32)
     if tuple(cmap.shape[1:]) == tuple(size):
         return cmap
@@ -52,6 +53,8 @@ def soft_one_hot(mask: np.ndarray, num_classes: int, size: tuple[int, int]) -> n
 
     Channel C collects ignore (255) pixels. Shrinking averages areas; enlarging is bilinear.
     """
+    import torch
+    import torch.nn.functional as F
     mask = np.asarray(mask)
     ids = np.where(mask == IGNORE, num_classes, np.minimum(mask, num_classes)).astype(np.int64)
     onehot = np.eye(num_classes + 1, dtype=np.float32)[ids].transpose(2, 0, 1)
@@ -75,6 +78,8 @@ def hard_labels(soft: np.ndarray) -> np.ndarray:
 
 def resize_labels_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a (h, w) id map to ``size`` (H, W)."""
+    import torch
+    import torch.nn.functional as F
     if mask.shape == tuple(size):
         return mask
     t = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))[None, None].float()
@@ -137,6 +142,8 @@ def _vote_labels(query_map: np.ndarray, references: list[tuple[np.ndarray, np.nd
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (h, w, 3) → uint8 (H, W, 3): bilinear, antialiased when shrinking (as the encoder's input)."""
+    import torch
+    import torch.nn.functional as F
     if image.shape[:2] == tuple(size):
         return image
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
@@ -150,26 +157,40 @@ class FeatureCorrelation:
     per-query class probabilities.
 
     ``network`` maps a (1, 3, H, W) image in [-1, 1] to (1, D, H, W) features; ``tau``, ``k`` and
-    ``patch`` are the matcher's own settings (its checkpoint's recipe).
+    ``patch`` are the matcher's own settings (its checkpoint's recipe). ``work_size``: the matcher
+    sees references and queries with that shorter side and the query's probabilities are carried
+    back to its size (``correlation.carry_back``, guided by the query image unless ``refine`` is
+    False); None = the images' own sizes.
     """
 
     def __init__(self, network: torch.nn.Module, *, tau: float, k: Optional[int], patch: bool,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", work_size: Optional[int] = None, refine: bool = True) -> None:
+        import torch
         self.network, self.tau, self.k, self.patch = network, tau, k, patch
         self.device = torch.device(device)
+        self.work_size, self.refine = work_size, refine
+
+    @classmethod
+    def from_matcher(cls, matcher) -> "FeatureCorrelation":
+        """The same network and settings as a ``labelling.CorrelationMatcher``."""
+        cfg = matcher.config
+        return cls(matcher.network, tau=cfg.tau, k=cfg.k, patch=cfg.patch, device=matcher.device,
+                   work_size=matcher.work_size)
 
     def prepare(self, refs: Sequence[tuple[np.ndarray, np.ndarray]]):
         """refs: [(image uint8 (H, W, 3), labels float (C, H, W))] — one-hot or soft (area-averaged)
         labels at the image's size. Positions carrying no label mass (ignore) are left out.
         Returns ``correlation.CorrelationReferences`` pooling every reference's positions."""
-        from coordgan_cli.correspondence.correlation import CorrelationReferences, _image_tensor, normalise_features
+        import torch
+        from coordgan_cli.correspondence.correlation import CorrelationReferences, resize_labels, work_shape
 
         feats, values = [], []
         with torch.no_grad():
             for image, labels in refs:
                 if labels.shape[1:] != image.shape[:2]:
                     raise ValueError(f"labels {labels.shape[1:]} and image {image.shape[:2]} differ in size")
-                f = normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+                f = self.features(image)
+                labels = resize_labels(labels, work_shape(image.shape[:2], self.work_size))
                 lab = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)).to(self.device)
                 lab = lab.reshape(lab.shape[0], -1)
                 keep = lab.sum(dim=0) > 0
@@ -178,27 +199,40 @@ class FeatureCorrelation:
         return CorrelationReferences(torch.cat(feats, dim=1), torch.cat(values, dim=1))
 
     def features(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) → normalised matcher features (D', H, W) (reusable across references)."""
-        from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features
+        """uint8 (H, W, 3) → normalised matcher features (D', h, w) at the working size
+        (``correlation.work_shape``; reusable across references)."""
+        import torch
+        from coordgan_cli.correspondence.correlation import _image_tensor, normalise_features, resize_image, work_shape
 
+        small = resize_image(image, work_shape(image.shape[:2], self.work_size))
         with torch.no_grad():
-            return normalise_features(self.network(_image_tensor(image, self.device))[0], patch=self.patch)
+            return normalise_features(self.network(_image_tensor(small, self.device))[0], patch=self.patch)
 
-    def probabilities(self, query, prepared) -> np.ndarray:
-        """Query image uint8 (H, W, 3) — or its :meth:`features` — → (C, H, W) float32 warped
-        reference labels (top-k chunked correlation; pixels sum to the labels' mass, ≤ 1)."""
-        from coordgan_cli.correspondence.correlation import correlation_chunked
+    def probabilities(self, query, prepared, image: Optional[np.ndarray] = None) -> np.ndarray:
+        """Query image uint8 (H, W, 3) — or its :meth:`features` with the image itself as
+        ``image`` — → (C, H, W) float32 warped reference labels at the image's size (top-k chunked
+        correlation at the working size, carried back with guided refinement; without a working
+        size pixels sum to the labels' mass, ≤ 1)."""
+        import torch
+        from coordgan_cli.correspondence.correlation import carry_back, correlation_chunked
 
-        feats = self.features(query) if isinstance(query, np.ndarray) else query
+        if isinstance(query, np.ndarray):
+            image = query if image is None else image
+            feats = self.features(query)
+        else:
+            feats = query
+        size = tuple(image.shape[:2]) if image is not None else tuple(feats.shape[1:])
         if prepared.features.shape[1] == 0:
-            out = np.zeros((prepared.onehot.shape[0],) + tuple(feats.shape[1:]), np.float32)
+            out = np.zeros((prepared.onehot.shape[0],) + size, np.float32)
             out[0] = 1.0
             return out
         with torch.no_grad():
             # Pooled positions as a (D, 1, N) "image" so the chunked routine applies unchanged.
             result = correlation_chunked(feats, prepared.features.unsqueeze(1), prepared.onehot.unsqueeze(1),
                                          tau=self.tau, k=self.k, normalise=False)
-        return result.probabilities.float().cpu().numpy()
+        probabilities = (result.probabilities if image is None
+                         else carry_back(result.probabilities, image, refine=self.refine))
+        return probabilities.float().cpu().numpy()
 
 
 def _fused_labels(*probabilities: np.ndarray) -> np.ndarray:
@@ -256,14 +290,15 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         scored = (truth > 0) & (truth != IGNORE)
         qmap = source.map(q, hw)
         # The query's matcher features, computed once for all references.
-        q_feats = correlation.features(resize_image(_read_image(q), hw)) if correlation is not None else None
+        q_image = resize_image(_read_image(q), hw) if correlation is not None else None
+        q_feats = correlation.features(q_image) if correlation is not None else None
         for name, coords, labels, ref_hard in refs:
             if correlation is None:
                 pred = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored)
             else:
                 pred, shares = _vote_labels(qmap, [(coords, labels)], c, tau, mode, scored=scored,
                                             with_probabilities=True)
-                corr = correlation.probabilities(q_feats, corr_refs[name])
+                corr = correlation.probabilities(q_feats, corr_refs[name], image=q_image)
                 others["correlation"][name].update(corr.argmax(axis=0).astype(np.uint8), truth)
                 others["ensemble"][name].update(_fused_labels(shares, corr), truth)
             acc[name].update(pred, truth)
@@ -278,70 +313,6 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
         baselines[key] = summarize(accs, c, bench.exclude)
     matchers = {key: summarize(accs, c, bench.exclude) for key, accs in others.items()}
     return ProtocolResult("paper", summarize(acc, c, bench.exclude), baselines, size, matchers)
-
-
-def run_fullres(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mode: str = "soft",
-                correlation: Optional[FeatureCorrelation] = None,
-                extra_baselines: Optional[dict[str, Callable]] = None,
-                progress: Optional[Callable[[int], None]] = None) -> ProtocolResult:
-    """Native resolution, all references fused into one vote; scored as one fused reference.
-
-    ``extra_baselines``: name → fn(references, reference masks, query, (H, W)) → (H, W) labels,
-    scored like the identity baseline.
-
-    With ``correlation``: the matcher's correlation over the pooled positions of every reference
-    (images resized to their masks' size) as ``matchers["correlation"]``, and the average of its
-    class probabilities with the fused coordinate vote's as ``matchers["ensemble"]``.
-    """
-    from coordgan_cli.correspondence.ensemble import coordinate_probabilities
-    from coordgan_cli.correspondence.vote import prepare_references, propagate_map, reference_points
-
-    c = bench.num_classes
-    refs = []
-    corr_inputs = []
-    for r in bench.references:
-        mask = bench.read_mask(r)
-        valid = source.valid(r, mask.shape)
-        refs.append((source.map(r, mask.shape), mask) if valid is None else (source.map(r, mask.shape), mask, valid))
-        if correlation is not None:
-            corr_inputs.append((resize_image(_read_image(r), mask.shape), soft_one_hot(mask, c, mask.shape)[:c]))
-    # References prepared once for every query (the vote's grid / KD-tree are built once).
-    prepared = prepare_references([reference_points(*ref) for ref in refs], c, tau)
-    corr_refs = correlation.prepare(corr_inputs) if correlation is not None else None
-    fused_name = "fused: " + ", ".join(r.name for r in bench.references)
-    acc = IoUAccumulator(c)
-    identity = IoUAccumulator(c)
-    extra = {k: IoUAccumulator(c) for k in (extra_baselines or {})}
-    others = {k: IoUAccumulator(c) for k in (("correlation", "ensemble") if correlation is not None else ())}
-    for q in bench.queries:
-        truth = bench.read_mask(q)
-        scored = (truth > 0) & (truth != IGNORE)
-        qmap = source.map(q, truth.shape)
-        # Unscored pixels (truth background / ignore) need no vote: see _vote_labels.
-        labels, _confidence, _distance = propagate_map(qmap, prepared, c, tau=tau, mode=mode, query_valid=scored)
-        if correlation is not None:
-            shares, _distance = coordinate_probabilities(qmap, prepared, c, query_valid=scored, tau=tau, mode=mode)
-            corr = correlation.probabilities(resize_image(_read_image(q), truth.shape), corr_refs)
-            others["correlation"].update(corr.argmax(axis=0).astype(np.uint8), truth)
-            others["ensemble"].update(_fused_labels(shares, corr), truth)
-        acc.update(np.asarray(labels), truth)
-        # Identity baseline: each reference mask resized to the query, majority over references.
-        counts = np.zeros((c + 1,) + truth.shape, dtype=np.int32)
-        for ref in refs:
-            mask = ref[1]
-            resized = resize_labels_nearest(mask, truth.shape)
-            ids = np.where(resized == IGNORE, c, np.minimum(resized, c))
-            np.add.at(counts, (ids,) + tuple(np.indices(truth.shape)), 1)
-        pred = counts.argmax(axis=0)
-        identity.update(np.where(pred == c, IGNORE, pred).astype(np.uint8), truth)
-        for key, fn in (extra_baselines or {}).items():
-            extra[key].update(fn(bench.references, [ref[1] for ref in refs], q, truth.shape), truth)
-        if progress is not None:
-            progress(1)
-    baselines = {"identity": summarize({fused_name: identity}, c, bench.exclude)}
-    baselines.update({k: summarize({fused_name: a}, c, bench.exclude) for k, a in extra.items()})
-    return ProtocolResult("fullres", summarize({fused_name: acc}, c, bench.exclude), baselines, None,
-                          {k: summarize({fused_name: a}, c, bench.exclude) for k, a in others.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +384,8 @@ def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: Map
 
 def _unit_rows(features: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) features resized bilinearly to ``size`` → (H·W, C) unit rows."""
+    import torch
+    import torch.nn.functional as F
     t = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
     t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0]
     return F.normalize(t.reshape(t.shape[0], -1).T, dim=1)
@@ -420,6 +393,7 @@ def _unit_rows(features: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 def _most_similar(query: torch.Tensor, pool: torch.Tensor, chunk: int) -> np.ndarray:
     """Index into ``pool`` (M, C) of the most similar row for each row of ``query`` (N, C)."""
+    import torch
     best = torch.empty(query.shape[0], dtype=torch.long)
     for start in range(0, query.shape[0], chunk):
         best[start:start + chunk] = (query[start:start + chunk] @ pool.T).argmax(dim=1)
@@ -434,6 +408,7 @@ def cosine_pool(references: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[to
         references: (features (C, h, w), labels (H_r, W_r) int) per reference; its features are
             resized bilinearly to its labels' size; pixels labelled ``IGNORE`` are no candidates.
     """
+    import torch
     feats, labels = [], []
     for features, lab in references:
         lab = np.asarray(lab)

@@ -210,7 +210,7 @@ def prepare(options: EncoderTrainOptions, device: torch.device, reporter: Report
         run.check_new_run()
         state = build_encoder_state(recipe, encoder, generator)
         return EncoderStage(recipe, state, facts, run, None, options.generator_checkpoint, gstate, gsha)
-    data = load_checkpoint(newest)
+    data = run.load_newest()
     if data["kind"] != "encoder":
         raise UserError(f"{run.path}: holds a {data['kind']} run, not an encoder run; choose another --out")
     recorded = (data.get("extra") or {}).get("generator_sha256")

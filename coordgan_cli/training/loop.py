@@ -15,6 +15,8 @@ as the kernels are deterministic).
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from coordgan_cli.io.checkpoint import (
     capture_rng_state, checkpoint_recipe, file_sha256, load_checkpoint, load_state_strict, restore_rng_state,
     save_checkpoint,
 )
+from coordgan_cli.io.paths import removed_on_failure
 from coordgan_cli.models import (
     Discriminator, Generator, PatchDiscriminator, discriminator_kwargs, generator_kwargs, patch_discriminator_kwargs,
 )
@@ -180,7 +183,7 @@ def prepare(options: TrainOptions, dist: distributed.Distributed, reporter: Repo
     newest = run.newest_checkpoint()
     device = dist.device
     if newest is not None:
-        data = load_checkpoint(newest, map_location="cpu")
+        data = run.load_newest(map_location="cpu")
         recipe = resumed_recipe(checkpoint_recipe(data, newest), recipe, run, newest, RESUMABLE_CHANGES)
         facts = dict(data.get("extra", {}))
         with torch.device(device):
@@ -313,12 +316,19 @@ def run_training(recipe: Recipe, run: Path, device: torch.device, max_steps: Opt
     directory ``run`` is writable, build or resume the stage with ``prepare_stage(dist)`` and train
     it to ``min(stage.steps, max_steps)``. Returns {"run", "step", "checkpoint", "skipped_files"}."""
     dist = distributed.setup(device)
+    run_dir = RunDir(run)
+    # A run folder this command made is removed again if it fails before its first checkpoint
+    # (rank 0 owns the folder; other ranks never create or remove it).
+    cleanup = removed_on_failure(run, lambda: run_dir.newest_checkpoint() is not None) if dist.is_main \
+        else contextlib.nullcontext()
     try:
-        check_batch_split(recipe, dist.world_size)
-        if dist.is_main:
-            RunDir(run).ensure_writable()
-        dist.barrier()
-        return _drive(prepare_stage(dist), dist, max_steps, reporter)
+        with cleanup:
+            check_batch_split(recipe, dist.world_size)
+            if dist.is_main:
+                run_dir.ensure_writable()
+                run_dir.remove_stale_temporaries()
+            dist.barrier()
+            return _drive(prepare_stage(dist), dist, max_steps, reporter)
     finally:
         distributed.teardown(dist)
 

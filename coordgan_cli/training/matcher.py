@@ -36,12 +36,14 @@ from coordgan_cli.correspondence.contrastive import marginal_contrastive_loss, s
 from coordgan_cli.errors import UserError
 from coordgan_cli.io.atomic import atomic_write_json
 from coordgan_cli.io.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from coordgan_cli.io.paths import output_folder, remove_stale_temporaries
 from coordgan_cli.models.matcher import FeatureMatcher
 from coordgan_cli.training import distributed
 from coordgan_cli.training.run_dir import RunDir
 
-# Fields of [matcher] that may change between a run and its resumption (the length of the run).
-_RESUMABLE_CHANGES = ("steps",)
+# Fields of [matcher] that may change between a run and its resumption (the length of the run,
+# and work_size, which only matters when the trained matcher is used).
+_RESUMABLE_CHANGES = ("steps", "work_size")
 
 
 @dataclasses.dataclass
@@ -86,6 +88,22 @@ def load_matcher(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     return matcher.to(device).eval(), recipe.matcher
 
 
+def matcher_work_size(path: str | Path, cfg: MatcherConfig, requested: Optional[int] = None) -> Optional[int]:
+    """The shorter side (px) at which to run a trained matcher: ``requested`` (``--work-size``;
+    0 = each image's own size), else the recipe's ``matcher.work_size``, else the size its
+    training pairs had (the checkpoint's pair source). None = the images' own sizes (a checkpoint
+    that records no training size)."""
+    if requested is not None:
+        if requested < 0:
+            raise UserError(f"--work-size must be a positive number of pixels (or 0 for each image's own size), "
+                            f"got {requested}")
+        return requested or None
+    if cfg.work_size:
+        return cfg.work_size
+    size = (load_checkpoint(path).get("extra") or {}).get("source", {}).get("size")
+    return int(min(size)) if size else None
+
+
 # --- pair sources ---------------------------------------------------------------------------
 
 def _to_image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -100,15 +118,19 @@ class StorePairSource:
     """Pairs of rows of a ground-truth correspondence store (``coordgan synth``).
 
     ``store``: the HDF5 store (rows named by image path relative to ``images``); ``images``: the
-    image folder. Images whose size differs from the maps are resized to the map size (the maps
+    image folder (default: ``images/`` beside the store). Images whose size differs from the maps are resized to the map size (the maps
     are the supervision grid). Rows are read on demand.
     """
 
-    def __init__(self, store: str | Path, images: str | Path) -> None:
+    def __init__(self, store: str | Path, images: str | Path | None = None) -> None:
         from coordgan_cli.io.store import StoreReader
 
-        self.store_path, self.images_dir = Path(store), Path(images)
+        self.store_path = Path(store)
+        self.images_dir = Path(images) if images is not None else self.store_path.parent / "images"
         if not self.images_dir.is_dir():
+            if images is None:
+                raise UserError(f"{self.store_path}: no images/ folder beside the store (looked for {self.images_dir}); "
+                                "give the store's image folder with --images DIR")
             raise UserError(f"--images {self.images_dir}: not a folder")
         self.reader = StoreReader(self.store_path)
         self.names = list(self.reader.names)
@@ -324,7 +346,8 @@ def train_matcher(recipe: Recipe, out: str | Path, source: PairSource, *, device
     check_matcher_batch_split(cfg, dist.world_size)
     out = Path(out)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out)
+        remove_stale_temporaries(out, ".pt")
     dist.barrier()
     latest = out / "latest.pt"
     total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)

@@ -62,14 +62,9 @@ class RunDir:
 
     # -- set-up -------------------------------------------------------------------------------
     def ensure_writable(self) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "samples").mkdir(exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise UserError(f"{self.path}: cannot write the run directory ({exc.strerror or exc})") from exc
+        from coordgan_cli.io.paths import output_folder
+
+        output_folder(self.path)  # samples/ is made with the first sample
 
     def check_new_run(self) -> None:
         """Refuse to start a new run in a folder holding other files (an empty samples/ is fine)."""
@@ -107,6 +102,37 @@ class RunDir:
             return latest
         found = self.checkpoints()
         return found[-1][1] if found else None
+
+    def load_newest(self, map_location: Any = "cpu") -> dict[str, Any]:
+        """Load ``newest_checkpoint()``. When ``latest.pt`` is unreadable, the error names the
+        newest numbered checkpoint beside it that loads, and how to resume from it."""
+        from coordgan_cli.io.checkpoint import load_checkpoint
+
+        newest = self.newest_checkpoint()
+        assert newest is not None, "load_newest needs a checkpoint"
+        try:
+            return load_checkpoint(newest, map_location=map_location)
+        except UserError as exc:
+            if newest.name != "latest.pt":
+                raise
+            for step, candidate in reversed(self.checkpoints()):
+                try:
+                    load_checkpoint(candidate, map_location="cpu")
+                except UserError:
+                    continue
+                raise UserError(f"{exc.message}. The numbered checkpoint {candidate} (step {step}) beside it is "
+                                f"intact: resume from it with `cp {candidate} {newest}` and rerun") from exc
+            raise
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files of a write a kill cut short (never complete; io.atomic names them)."""
+        from coordgan_cli.io.paths import remove_stale_temporaries
+
+        remove_stale_temporaries(self.path, ".pt")
+        remove_stale_temporaries(self.path, ".json")
+        remove_stale_temporaries(self.path, ".toml")
+        remove_stale_temporaries(self.path, ".jsonl")
+        remove_stale_temporaries(self.path / "samples", ".png")
 
     def commit_checkpoint(self, written: Path, keep: int) -> None:
         """Point latest.pt at a complete checkpoint file, then drop the oldest beyond ``keep``."""

@@ -1,0 +1,286 @@
+"""Label a folder: stream the queries through a fitted matcher into files, resumably.
+
+Per query: read → ``matcher.label`` (or ``predict_proba``'s argmax) → ``--min-confidence`` → label PNG
+(palette), overlay, confidence picture, labels written back into a store when the matcher reads
+one, one ``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the
+COCO files and report.html are assembled from the records, in query order, with flat memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Optional, Union
+
+import numpy as np
+
+from coordgan_cli.errors import UserError
+from coordgan_cli.labelling.matchers import Matcher, MatcherBase, Prediction, make_matcher
+from coordgan_cli.labelling.progress import (PROGRESS, append_record, light, load_progress, settings_key,
+                                             write_coco_stream)
+from coordgan_cli.labelling.references import References
+
+Queries = Union[str, Path, Iterable[Union[str, Path]], "QueryList"]
+
+
+def output_stem(rel: str) -> str:
+    return str(PurePosixPath(rel).with_suffix(""))
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _no_progress(items: Iterable[Any], total: int) -> Iterable[Any]:
+    return items
+
+
+@dataclass
+class QueryList:
+    """The query images: paths, their root (names are relative to it) and their names."""
+
+    root: Optional[Path]
+    paths: list[Path]
+    names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, source: Queries) -> "QueryList":
+        """A folder, a text file of paths, '-' (stdin), a list/iterable of paths or a QueryList."""
+        from coordgan_cli.io.images import read_path_list, relative_name
+
+        if isinstance(source, QueryList):
+            return source
+        if isinstance(source, (str, Path)):
+            root, paths = read_path_list(source)
+        else:
+            paths = [Path(p) for p in source]
+            root = None
+        queries = cls(root, paths, [relative_name(p, root) for p in paths])
+        queries.check_unique()
+        return queries
+
+    def check_unique(self) -> None:
+        seen: dict[str, str] = {}
+        for n in self.names:
+            stem = output_stem(n)
+            if stem in seen:
+                raise UserError(f"queries {seen[stem]!r} and {n!r} would write the same output {stem}.png; rename one")
+            seen[stem] = n
+
+
+def predict_full(matcher: Matcher, image: np.ndarray, name: Optional[str]) -> Prediction:
+    """A matcher's ``label`` when it has one, else the argmax of its ``predict_proba``."""
+    if hasattr(matcher, "label"):
+        return matcher.label(image, name=name)  # type: ignore[attr-defined]
+    return MatcherBase.label(matcher, image, name=name)  # type: ignore[arg-type]
+
+
+class Propagator:
+    """Label queries with a fitted-on-run matcher into ``out`` (see the module docstring).
+
+    min_confidence: pixels below it become 255 (ignore); polygons: COCO polygons instead of RLE;
+    keypoints: a COCO keypoints file of the references, transferred through the matcher's
+    correspondence maps (``reference_maps``) into OUT/keypoints.json; settings: defaults for what
+    the resume key and summary record (``mode``, ``tau``), below the matcher's own ``settings()``;
+    score(out, finished names) → {label: text} for the report's summary line; info / warn / track:
+    diagnostics and a progress wrapper ``track(items, total)``. ``run`` fits the matcher on the
+    references and closes it (``close()``, e.g. a store) when the queries are done.
+    """
+
+    def __init__(self, references: References, matcher: Matcher, out: Union[str, Path], *,
+                 min_confidence: Optional[float] = None, polygons: bool = False, keypoints: Optional[Path] = None,
+                 report_limit: int = 500, report_title: str = "coordgan propagate — review",
+                 settings: Optional[dict[str, Any]] = None,
+                 score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
+                 info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
+                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress) -> None:
+        from coordgan_cli.correspondence.vote import resolution_tau
+
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+        self.references, self.matcher, self.out = references, matcher, Path(out)
+        self.min_confidence, self.polygons, self.keypoints = min_confidence, polygons, keypoints
+        self.report_limit, self.report_title, self.score = report_limit, report_title, score
+        self.info, self.warn, self.track = info, warn, track
+        self.defaults = {"mode": "soft", "tau": resolution_tau(references.side), "maps": None,
+                         "matcher_sha256": None, **(settings or {})}
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run(self, queries: Queries) -> dict[str, Any]:
+        """Label every query; returns the summary (``coordgan propagate --json``)."""
+        started = time.perf_counter()
+        queries = QueryList.read(queries)
+        self.kp_category, self.kp_refs = None, []
+        if self.keypoints is not None:
+            self._read_keypoints()
+        try:
+            self.matcher.fit(self.references)
+            self.settings = {**self.defaults, **getattr(self.matcher, "settings", lambda: {"matcher": self.matcher.name})()}
+            key = settings_key({
+                "refs": self.references.fingerprint(), "min_confidence": self.min_confidence, "polygons": self.polygons,
+                "keypoints": str(Path(self.keypoints).resolve()) if self.keypoints else None, **self.settings})
+            self.out.mkdir(parents=True, exist_ok=True)
+            done = load_progress(self.out / PROGRESS, key)
+            from coordgan_cli.io.masks import write_labels
+
+            write_labels(self.out / "labels.json", self.references.labels)
+            counts = self._label_all(queries, done, key)
+        finally:
+            getattr(self.matcher, "close", lambda: None)()
+        for note in sorted(counts.pop("notes")):
+            self.info(f"note: {note}")
+        return self._assemble(queries, done, counts, started)
+
+    def _read_keypoints(self) -> None:
+        from coordgan_cli.labelling.keypoints import read_reference_keypoints
+
+        if not hasattr(self.matcher, "reference_maps"):
+            raise UserError(f"--ref-keypoints transfers keypoints through correspondence maps: matcher "
+                            f"{self.matcher.name!r} has none (use coordinates or ensemble)")
+        self.kp_category, self.kp_refs = read_reference_keypoints(Path(self.keypoints), self.references)
+
+    def _label_all(self, queries: QueryList, done: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+        counts: dict[str, Any] = {"new": 0, "resumed": 0, "skipped": [], "notes": set()}
+        progress_path = self.out / PROGRESS
+        fresh = not progress_path.is_file()
+        with open(progress_path, "ab") as handle:
+            if fresh:
+                append_record(handle, {"settings": key})
+            items = list(zip(queries.paths, queries.names))
+            for index, (path, name) in enumerate(self.track(items, len(items))):
+                if name in done and (self.out / "labels" / f"{output_stem(name)}.png").is_file():
+                    counts["resumed"] += 1
+                    continue
+                record = self._label_one(index, path, name, counts["skipped"], counts["notes"])
+                if record is not None:
+                    done[name] = light(record, append_record(handle, record))
+                    counts["new"] += 1
+        return counts
+
+    def _label_one(self, index: int, path: Path, name: str, skipped: list[dict[str, str]],
+                   notes: set[str]) -> Optional[dict[str, Any]]:
+        """Label one query and write its files; its progress record, or None when skipped."""
+        from coordgan_cli.io.coco import mask_annotations
+        from coordgan_cli.io.images import ImageReadError, is_image_path, read_image
+        from coordgan_cli.io.masks import IGNORE
+
+        if not is_image_path(path):
+            skipped.append({"name": name, "reason": "not an image file"})
+            return None
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            skipped.append({"name": name, "reason": exc.message})
+            return None
+        prediction = predict_full(self.matcher, image, name)
+        lab, conf = prediction.labels, prediction.confidence
+        if self.min_confidence is not None:
+            lab = np.where(conf < self.min_confidence, IGNORE, lab).astype(np.uint8)
+        self._write_pictures(output_stem(name), image, lab, conf)
+        note = getattr(self.matcher, "write_back", lambda *a: None)(prediction, lab, conf)
+        if note:
+            notes.add(note)
+        size = image.shape[:2]
+        low = self.min_confidence if self.min_confidence is not None else 0.5
+        record: dict[str, Any] = {
+            "name": name, "mean_confidence": float(conf.mean()), "low_fraction": float((conf < low).mean()),
+            "image": {"id": index + 1, "file_name": name, "height": int(size[0]), "width": int(size[1])},
+            "annotations": mask_annotations(lab, index + 1, 1, polygons=self.polygons, confidence=conf),
+        }
+        if self.kp_category is not None:
+            record["keypoints"] = [self._keypoints(prediction, index + 1)]
+        return record
+
+    def _write_pictures(self, stem: str, image: np.ndarray, lab: np.ndarray, conf: np.ndarray) -> None:
+        from coordgan_cli.io.images import write_image
+        from coordgan_cli.io.masks import write_mask
+        from coordgan_cli.io.report import confidence_heatmap, overlay
+
+        write_mask(self.out / "labels" / f"{stem}.png", lab, self.references.labels)
+        colours = self.references.labels.colour_array()[lab]
+        write_image(self.out / "overlays" / f"{stem}.jpg", overlay(image, colours, (lab != 0) & (lab != 255)))
+        write_image(self.out / "confidence" / f"{stem}.png", confidence_heatmap(conf))
+
+    def _keypoints(self, prediction: Prediction, image_id: int) -> dict[str, Any]:
+        from coordgan_cli.correspondence.keypoints import transfer_keypoints
+        from coordgan_cli.labelling.keypoints import keypoint_annotation
+
+        refs = [(m, xy, vis) for m, (xy, vis) in zip(self.matcher.reference_maps, self.kp_refs)]  # type: ignore
+        kp = transfer_keypoints(prediction.correspondence, refs, tau=self.settings["tau"],
+                                query_valid=prediction.valid)
+        return keypoint_annotation(kp, image_id, self.kp_category["id"])
+
+    # ---- outputs assembled from the records ---------------------------------------------------
+
+    def _assemble(self, queries: QueryList, done: dict[str, dict[str, Any]], counts: dict[str, Any],
+                  started: float) -> dict[str, Any]:
+        from coordgan_cli.io.coco import categories as coco_categories
+
+        out = self.out
+        finished = [n for n in queries.names if n in done and (out / "labels" / f"{output_stem(n)}.png").is_file()]
+        offsets = [done[n]["offset"] for n in finished]
+        write_coco_stream(out / "annotations.json", out / PROGRESS, offsets, coco_categories(self.references.labels),
+                          "annotations", "coordgan propagate")
+        outputs = {"labels": str(out / "labels"), "labels_json": str(out / "labels.json"),
+                   "annotations": str(out / "annotations.json"), "overlays": str(out / "overlays"),
+                   "confidence": str(out / "confidence"), "report": str(out / "report.html")}
+        if self.kp_category is not None:
+            write_coco_stream(out / "keypoints.json", out / PROGRESS, offsets, [self.kp_category], "keypoints",
+                              "coordgan propagate keypoints")
+            outputs["keypoints"] = str(out / "keypoints.json")
+        mean_conf = float(np.mean([done[n]["mean_confidence"] for n in finished])) if finished else None
+        self._report(queries, done, finished, mean_conf)
+        summary = {
+            "count": len(finished), "new": counts["new"], "resumed": counts["resumed"], "skipped": counts["skipped"],
+            "matcher": self.matcher.name, "mode": self.settings["mode"], "tau": self.settings["tau"],
+            "seconds": round(time.perf_counter() - started, 3), "mean_confidence": mean_conf, "outputs": outputs,
+        }
+        for s in counts["skipped"]:
+            self.warn(f"skipped {s['name']}: {s['reason']}")
+        return summary
+
+    def _report(self, queries: QueryList, done: dict[str, dict[str, Any]], finished: list[str],
+                mean_conf: Optional[float]) -> None:
+        from coordgan_cli.io.report import write_report
+
+        out, labels = self.out, self.references.labels
+        path_of = dict(zip(queries.names, queries.paths))
+        records = [{
+            "name": n, "mean_confidence": done[n]["mean_confidence"], "low_fraction": done[n]["low_fraction"],
+            "image": path_of[n], "overlay": out / "overlays" / f"{output_stem(n)}.jpg",
+            "confidence": out / "confidence" / f"{output_stem(n)}.png",
+        } for n in finished]
+        scored = self.score(out, finished) if self.score is not None else {}
+        write_report(out / "report.html", records, title=self.report_title,
+                     summary={"queries": len(finished), "references": ", ".join(self.references.names),
+                              "matcher": self.matcher.name, "mode": self.settings["mode"], "tau": self.settings["tau"],
+                              "mean confidence": f"{mean_conf:.3f}" if mean_conf is not None else "n/a", **scored},
+                     legend=[(labels.names[i], labels.colours[i]) for i in labels.ids], limit=self.report_limit)
+
+
+def label_folder(references: References, queries: Queries, out: Union[str, Path],
+                 matcher: Union[str, Matcher] = "correlation", *, min_confidence: Optional[float] = None,
+                 polygons: bool = False, keypoints: Optional[Path] = None, report_limit: int = 500,
+                 report_title: str = "coordgan propagate — review", settings: Optional[dict[str, Any]] = None,
+                 score: Optional[Callable[[Path, list[str]], dict[str, str]]] = None,
+                 info: Callable[[str], None] = _quiet, warn: Callable[[str], None] = _quiet,
+                 track: Callable[[Iterable[Any], int], Iterable[Any]] = _no_progress,
+                 **matcher_options: Any) -> dict[str, Any]:
+    """Label ``queries`` (a folder, a text file of paths, '-', or a list of paths) from
+    ``references`` into ``out`` — labels/ (palette PNGs), labels.json, annotations.json (COCO),
+    overlays/, confidence/, report.html, progress.jsonl (a rerun resumes) — and return the
+    summary. ``matcher``: a registry name (built with ``**matcher_options``) or a Matcher.
+    """
+    if isinstance(matcher, str):
+        matcher = make_matcher(matcher, **matcher_options)
+    elif matcher_options:
+        raise TypeError(f"matcher options {sorted(matcher_options)} given with a matcher object")
+    propagator = Propagator(references, matcher, out, min_confidence=min_confidence, polygons=polygons,
+                            keypoints=keypoints, report_limit=report_limit, report_title=report_title,
+                            settings=settings, score=score, info=info, warn=warn, track=track)
+    return propagator.run(queries)
+
+
+__all__ = ["Propagator", "QueryList", "label_folder", "output_stem", "predict_full"]
