@@ -36,6 +36,7 @@ def measure(method: str, size: int, batch: int, device_name: str, tau: float, re
     from coordgan_cli import losses
 
     device = torch.device(device_name)
+    tau = tau if tau > 0 else losses.warp_temperature(0.635, size)
     g = torch.Generator().manual_seed(0)
     grid = losses.canonical_grid(size, size).expand(batch, -1, -1, -1)
     ca = (grid + 0.05 * torch.randn(batch, 2, size, size, generator=g)).to(device).requires_grad_()
@@ -63,6 +64,12 @@ def measure(method: str, size: int, batch: int, device_name: str, tau: float, re
     return {"seconds": min(times), "peak_bytes": peak.bytes}
 
 
+def losses_temperature(size: int) -> float:
+    from coordgan_cli import losses
+
+    return losses.warp_temperature(0.635, size)
+
+
 def run_child(method: str, size: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--sizes", str(size), "--batch", str(args.batch),
            "--device", args.device, "--tau", str(args.tau), "--repeats", str(args.repeats),
@@ -77,7 +84,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=1, help="pairs per call")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tau", type=float, default=0.01)
+    parser.add_argument("--tau", type=float, default=0.0,
+                        help="softmax temperature; 0 (default) = what the recipes use: the paper's reach "
+                             "(0.635 map pixels) on each size's map, squared kernel (1e-4 at 128)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--child", choices=["ours", "dense"], help=argparse.SUPPRESS)
@@ -104,6 +113,7 @@ def main() -> None:
             "dense_peak_mib": dense["peak_bytes"] / 2**20,
             "batch": args.batch,
             "device": args.device,
+            "tau": args.tau if args.tau > 0 else losses_temperature(size),
         })
     if args.json:
         print(json.dumps(results, indent=2))

@@ -49,12 +49,15 @@ class ModelConfig:
     synthesis_channels: int = _f(512, "channels of the modulated conv layers", lo=1)
     synthesis_layers: int = _f(10, "modulated 3x3 conv layers after the input layer (RGB skip every two)", lo=2)
     highres_channels: list[int] = _f([], "channels of the upsampling blocks appended for >coord_size output")
+    warp_skip: bool = _f(True, "add the canonical coordinate to the warp MLP's output before tanh, so an "
+                         "untrained map starts near the identity")
     noise: Literal["random", "const", "none"] = _f("random", "noise injection: random, const (deterministic) or none")
     backward_mlp: bool = _f(False, "train the backward MLP of CoordGAN-B")
     d_channel_multiplier: int = _f(2, "channel multiplier of the StyleGAN2 image discriminator", lo=1)
     d_max_channels: int = _f(512, "channel cap of the image discriminator", lo=1)
     patch_size: int = _f(32, "side of the crops the patch discriminator sees", lo=8)
     patch_channels: int = _f(256, "feature width of the patch discriminator", lo=1)
+    encoder_size: int = _f(0, "input size of the encoder in pixels; 0 = coord_size", lo=0)
     encoder_channels: list[int] = _f([32, 64, 128, 256, 512], "encoder widths: from-RGB then one per downsampling block")
     encoder_structure_channels: int = _f(64, "channels of the encoder's structure head before its linear layer", lo=1)
     encoder_texture_channels: list[int] = _f([1024, 2048], "widths of the encoder's strided texture convs", lo=1)
@@ -71,15 +74,29 @@ class DataConfig:
 class LossConfig:
     """Weights and schedules of the generator objective (DESIGN §3)."""
 
-    gan: float = _f(2.0, "lambda_GAN", lo=0.0)
+    gan: float = _f(2.0, "lambda_GAN (reached at the end of the warm-up)", lo=0.0)
+    gan_start: float = _f(1.0, "lambda_GAN at step 0, ramped linearly to gan over warmup_steps (reference code: 1 -> 2)",
+                          lo=0.0)
     chamfer: float = _f(100.0, "lambda_cham (supplement 100; reference code 200)", lo=0.0)
     warp: float = _f(5.0, "lambda_warp", lo=0.0)
-    warp_tau: float = _f(0.01, "softmax temperature of the warp loss", lo=0.0, lo_open=True)
+    warp_tau: float = _f(0.0, "softmax temperature of the warp loss; 0 = derived from warp_reach and the map size",
+                         lo=0.0)
+    warp_reach: float = _f(0.635, "warp-kernel reach in map pixels when warp_tau = 0 (0.635 = the paper's "
+                           "tau 0.01, Euclidean, on its 128 px map)", lo=0.0, lo_open=True)
     warp_distance: Literal["squared", "euclidean"] = _f(
         "squared", "warp-loss softmax over -dist/tau: squared (attention form, fused kernels) or euclidean (chunked)"
     )
+    warp_l1: float = _f(0.0, "weight of an L1 term added to the warp loss's perceptual distance (sees the "
+                        "few-pixel misalignment a shift-tolerant network misses on small maps)", lo=0.0)
     texture_swap: float = _f(5.0, "lambda_t", lo=0.0)
+    texture_distance: Literal["layout", "perceptual"] = _f(
+        "layout", "texture-swap distance: layout (gradient-magnitude correlation: sees layout, not colour) or "
+        "perceptual (the paper's LPIPS: sees colour more than layout)")
+    texture_swap_ramp: bool = _f(True, "ramp lambda_t over the warm-up (false: full weight from step 0, so the "
+                                 "texture code never gets to own the layout)")
     structure_swap: float = _f(1.0, "lambda_s", lo=0.0)
+    structure_swap_start: int = _f(10000, "step at which the patch discriminator and the structure-swap loss "
+                                   "start (reference code: 10 k)", lo=0)
     backward: float = _f(1.0, "weight of the backward-MLP L1 loss (CoordGAN-B)", lo=0.0)
     r1_image: float = _f(10.0, "R1 gamma of the image discriminator", lo=0.0)
     r1_patch: float = _f(1.0, "R1 gamma of the patch discriminator", lo=0.0)
@@ -325,9 +342,28 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     return recipe_from_dict(data, source=str(path))
 
 
+# Stored configs written before a field existed meant the behaviour of that time, not today's
+# default: these values are filled in for keys a stored config lacks ("gan_start": None = gan).
+_LEGACY_VALUES: dict[str, dict[str, Any]] = {
+    "model": {"warp_skip": False},
+    "losses": {"gan_start": None, "texture_distance": "perceptual", "structure_swap_start": 0},
+}
+
+
 def recipe_from_json(text: str, source: str = "<checkpoint>") -> Recipe:
-    """Rebuild a Recipe from ``Recipe.to_json()`` (as stored in checkpoints and stores)."""
-    return recipe_from_dict(json.loads(text), source=source)
+    """Rebuild a Recipe from ``Recipe.to_json()`` (as stored in checkpoints and stores).
+
+    A config stored before a field existed gets that field's behaviour of the time (see
+    ``_LEGACY_VALUES``), so an old model keeps its meaning and an old run resumes unchanged."""
+    data = json.loads(text)
+    for section, values in _LEGACY_VALUES.items():
+        table = data.get(section)
+        if not isinstance(table, dict):
+            continue
+        for key, value in values.items():
+            if key not in table:
+                table[key] = table.get("gan", 2.0) if key == "gan_start" else value
+    return recipe_from_dict(data, source=source)
 
 
 def describe(recipe: Recipe) -> list[tuple[str, str, Any, str]]:

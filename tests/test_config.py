@@ -56,8 +56,10 @@ def test_wrong_type(tmp_path: Path) -> None:
 
 
 def test_out_of_range(tmp_path: Path) -> None:
-    msg = _error(_recipe(tmp_path, "[losses]\nwarp_tau = 0.0\n"))
-    assert "losses.warp_tau" in msg and "> 0" in msg
+    msg = _error(_recipe(tmp_path, "[losses]\nwarp_reach = 0.0\n"))
+    assert "losses.warp_reach" in msg and "> 0" in msg
+    msg = _error(_recipe(tmp_path, "[losses]\nwarp_tau = -0.01\n"))  # 0 is allowed: derived from warp_reach
+    assert "losses.warp_tau" in msg and ">= 0" in msg
     msg = _error(_recipe(tmp_path, "[losses]\npatch_max = 1.5\n"))
     assert "losses.patch_max" in msg and "<= 1" in msg
 
@@ -90,3 +92,23 @@ def test_misspelt_key_through_the_cli_is_one_line(tmp_path: Path) -> None:
 
 def test_default_recipe_round_trips() -> None:
     assert recipe_from_json(Recipe().to_json()) == Recipe()
+
+
+def test_stored_configs_without_the_issue_14_fields_keep_their_old_meaning() -> None:
+    """A checkpoint's config written before a field existed is read with that field's old
+    behaviour, not today's default; a config that has the field keeps its value."""
+    import json
+
+    from coordgan_cli.config import Recipe, recipe_from_json
+
+    data = json.loads(Recipe().to_json())
+    for section, key in (("model", "warp_skip"), ("losses", "gan_start"), ("losses", "texture_distance"),
+                         ("losses", "structure_swap_start")):
+        del data[section][key]
+    data["losses"]["gan"] = 3.0
+    old = recipe_from_json(json.dumps(data))
+    assert old.model.warp_skip is False and old.losses.texture_distance == "perceptual"
+    assert old.losses.gan_start == 3.0 and old.losses.structure_swap_start == 0
+    new = recipe_from_json(Recipe().to_json())
+    assert new.model.warp_skip is True and new.losses.texture_distance == "layout"
+    assert new.losses.gan_start == 1.0 and new.losses.structure_swap_start == 10000

@@ -29,7 +29,7 @@ from coordgan_cli.io.store import StoreWriter  # noqa: E402
 
 from test_evaluate import make_synthetic, scene  # noqa: E402
 from tiny_checkpoints import (make_encoder_checkpoint, make_generator_checkpoint,  # noqa: E402
-                              make_matcher_checkpoint)
+                              make_matcher_checkpoint, tiny_recipe)
 
 PACKAGE = str(Path(coordgan_cli.__file__).resolve().parent)  # the shipped matcher's path varies by checkout
 
@@ -43,7 +43,11 @@ def make_inputs(root: Path) -> Path:
             _image, mask, cmap, _kp = scene(i, 16, 16)
             store.append(f"{i:06d}.png", cmap, valid=mask > 0)
     make_matcher_checkpoint(root / "matcher.pt", seed=3)
-    make_encoder_checkpoint(root / "encoder.pt", make_generator_checkpoint(root / "generator.pt", seed=4), seed=5)
+    # The tiny model as it was when the digests were recorded: before issue 14 gave the warp
+    # MLP its identity skip (model.warp_skip, on by default since).
+    generator = make_generator_checkpoint(root / "generator.pt", seed=4,
+                                          recipe=tiny_recipe(**{"model.warp_skip": "false"}))
+    make_encoder_checkpoint(root / "encoder.pt", generator, seed=5)
     return root
 
 

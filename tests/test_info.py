@@ -76,3 +76,11 @@ def test_info_bad_targets(tmp_path: Path) -> None:
     junk.write_text("hello")
     result = runner.invoke(app, ["info", str(junk)])
     assert result.exit_code == 2 and str(junk) in result.stderr and "Traceback" not in result.output
+
+
+def test_info_generator_recipe_whose_default_encoder_does_not_fit() -> None:
+    # synthetic-64 sizes no encoder (its encoder recipe does); info used to crash on it.
+    result = runner.invoke(app, ["info", str(RECIPES / "synthetic-64.toml"), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)["parameters"]
+    assert "encoder" not in counts and counts["generator"] > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,52 @@ def test_random_crops_shapes_determinism_and_content(device):
     x = img.clone().requires_grad_()
     losses.random_crops(x, 2, 0.2, 0.3, 4, torch.Generator().manual_seed(0)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_warp_temperature_matches_the_papers_reach():
+    # 0.635 px on the paper's 128 px map is its τ = 0.01 with the Euclidean kernel; the squared
+    # kernel needs τ = reach² for the same reach.
+    assert losses.warp_temperature(0.635, 128, "euclidean") == pytest.approx(0.01)
+    assert losses.warp_temperature(0.635, 128, "squared") == pytest.approx(1e-4)
+    assert losses.warp_temperature(1.0, 32, "squared") == pytest.approx((2 / 31) ** 2)
+    with pytest.raises(ValueError, match="reach"):
+        losses.warp_temperature(0.0, 32)
+    # The weight of a match one reach away has fallen by e, for both kernels.
+    for distance in ("squared", "euclidean"):
+        tau = losses.warp_temperature(0.635, 128, distance)
+        r = 0.635 * 2 / 127
+        d = r * r if distance == "squared" else r
+        assert math.exp(-d / tau) == pytest.approx(math.exp(-1))
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
+def test_warp_loss_at_a_derived_temperature_matches_dense(distance, device):
+    # The sharp temperatures the recipes now use stay exact against the HW × HW reference.
+    tau = losses.warp_temperature(0.635, 12, distance)
+    ca, cb = _maps(2, 12, 12, device, 11), _maps(2, 12, 12, device, 12)
+    ia = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(13)).to(device)
+    ib = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(14)).to(device)
+
+    def l1(x, y):
+        return (x - y).abs().flatten(1).mean(1)
+
+    ours = losses.warp_loss(ia, ib, ca, cb, l1, tau, distance=distance)
+    ref = losses.warp_loss(ia, ib, ca, cb, l1, tau, distance=distance, dense=True)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_warp_loss_detaches_its_target_by_default(device):
+    ca, cb = _maps(1, 6, 6, device, 1), _maps(1, 6, 6, device, 2)
+    ia = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3)).to(device).requires_grad_()
+    ib = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(4)).to(device).requires_grad_()
+
+    def l1(x, y):
+        return (x - y).abs().flatten(1).mean(1)
+
+    # One direction: A rebuilt from B. The target A gets no gradient; B's colours do.
+    ga, gb = torch.autograd.grad(losses.warp_loss(ia, ib, ca, cb, l1, 0.01, symmetric=False), [ia, ib],
+                                 allow_unused=True)
+    assert (ga is None or ga.abs().sum() == 0) and gb.abs().sum() > 0
+    ga, _ = torch.autograd.grad(losses.warp_loss(ia, ib, ca, cb, l1, 0.01, symmetric=False, detach_target=False),
+                                [ia, ib])
+    assert ga.abs().sum() > 0

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from coordgan_cli.config import ModelConfig, load_recipe
 from coordgan_cli.models import (
     CoordinateWarp,
+    Encoder,
     Generator,
     build_networks,
+    count_parameters,
     canonical_grid,
     canonical_grid_map,
     generator_kwargs,
@@ -177,14 +179,15 @@ def test_warp_chunking_does_not_change_values(monkeypatch: pytest.MonkeyPatch) -
     assert torch.allclose(warp(w, 40), whole, atol=1e-6)
 
 
-def test_warp_inference_path_equals_autograd_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("skip", [False, True])
+def test_warp_inference_path_equals_autograd_path(monkeypatch: pytest.MonkeyPatch, skip: bool) -> None:
     """Without autograd the MLP runs block by block with fused addmm / in-place ReLU; values must
     equal the autograd path's (which training uses), for shared and per-sample points, and the
     autograd path must still give gradients."""
     import coordgan_cli.models.warp as warp_mod
 
     torch.manual_seed(0)
-    warp = CoordinateWarp(latent_dim=8, hidden=32, n_layers=4)
+    warp = CoordinateWarp(latent_dim=8, hidden=32, n_layers=4, skip=skip)
     w = torch.randn(3, 8)
     with_grad = warp(w, (24, 40))
     assert with_grad.requires_grad
@@ -266,3 +269,33 @@ def test_minibatch_stddev_odd_batch(tiny: ModelConfig) -> None:
     d = build_networks(tiny)["discriminator"]
     assert d(torch.randn(3, 3, tiny.size, tiny.size)).shape == (3, 1)
     assert math.isfinite(d(torch.randn(1, 3, tiny.size, tiny.size)).item())
+
+
+def test_warp_skip_starts_near_identity_and_plain_mlp_does_not() -> None:
+    """Issue 14: a plain warp MLP of a random code draws nearly one point per image; with the skip
+    (recipes' default) the untrained map is close to the canonical grid, still differs between
+    structure codes, and the skip adds no parameters."""
+    grid = canonical_grid_map(32, 32)
+    z = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+    maps = {}
+    for skip in (False, True):
+        torch.manual_seed(0)
+        warp = CoordinateWarp(latent_dim=64, hidden=64, n_layers=3, skip=skip)
+        with torch.no_grad():
+            maps[skip] = warp(z, 32)
+    plain, skipped = maps[False], maps[True]
+    assert plain.flatten(2).std(2).mean() < 0.05  # collapsed: the whole map is about one point
+    assert (plain - grid).abs().mean() > 0.3
+    assert (skipped - grid).abs().mean() < 0.15
+    assert skipped.flatten(2).std(2).mean() > 0.45  # spans the square like the grid (std 0.59)
+    between_codes_px = (skipped - skipped.mean(0)).norm(dim=1).mean() * 31 / 2
+    assert between_codes_px > 0.2
+    assert count_parameters(CoordinateWarp(64, 64, 3, skip=True)) == count_parameters(CoordinateWarp(64, 64, 3))
+
+
+def test_encoder_size_field_sets_the_encoder_input(tiny: ModelConfig) -> None:
+    from coordgan_cli.models import encoder_kwargs
+
+    assert encoder_kwargs(tiny)["size"] == tiny.coord_size  # 0: the map size, as before the field existed
+    big = dataclasses.replace(tiny, encoder_size=2 * tiny.coord_size)
+    assert Encoder(**encoder_kwargs(big)).size == 2 * tiny.coord_size

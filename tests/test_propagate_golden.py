@@ -34,7 +34,7 @@ from coordgan_cli.io.store import StoreReader, StoreWriter  # noqa: E402
 
 from test_vote import parts_mask, smooth_warp  # noqa: E402
 from tiny_checkpoints import (make_encoder_checkpoint, make_generator_checkpoint,  # noqa: E402
-                              make_matcher_checkpoint)
+                              make_matcher_checkpoint, tiny_recipe)
 
 LABELS = labels_from_names(["background", "face", "hair", "left_eye", "right_eye"])
 SIZE = 24
@@ -62,7 +62,11 @@ def make_inputs(root: Path) -> Path:
             write_image(root / "set" / "images" / name, _image(picture, seed))
             write_mask(root / "set" / "masks" / Path(name).name, parts_mask(cmap), LABELS)
     make_matcher_checkpoint(root / "matcher.pt", seed=3)
-    make_encoder_checkpoint(root / "encoder.pt", make_generator_checkpoint(root / "generator.pt", seed=4), seed=5)
+    # The tiny model as it was when the digests were recorded: before issue 14 gave the warp
+    # MLP its identity skip (model.warp_skip, on by default since).
+    generator = make_generator_checkpoint(root / "generator.pt", seed=4,
+                                          recipe=tiny_recipe(**{"model.warp_skip": "false"}))
+    make_encoder_checkpoint(root / "encoder.pt", generator, seed=5)
     write_coco(root / "export.json", [{"id": 7, "file_name": "project/a.png", "height": SIZE, "width": SIZE}],
                mask_annotations(parts_mask(smooth_warp(SIZE, 0)), 7, 1), LABELS)
     (root / "pairs.txt").write_text("set/images/a.png set/masks/a.png\nset/images/b.png,set/masks/b.png\n")

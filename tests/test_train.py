@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from coordgan_cli.cli import app
 from coordgan_cli.config import load_recipe
+from coordgan_cli.training.health import HEALTH_KEYS
 from coordgan_cli.io.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ patch_size = 8
 patch_channels = 8
 [losses]
 warmup_steps = 2
+structure_swap_start = 1
 r1_every = 2
 perceptual = "random-tiny"
 [optim]
@@ -119,9 +121,16 @@ def test_train_writes_a_complete_run_dir(reference_run: Path, workdir: Path):
     assert load_recipe(run / "config.toml").to_dict() == {**facts["recipe"]}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
-    assert {"d", "g_adv", "chamfer", "warp", "texture_swap", "structure_swap", "its"} <= set(lines[0])
-    # Lazy R1 every 2 steps: step indices 0 and 2, logged as steps 1 and 3.
-    assert ["r1_patch" in r and "r1" in r for r in lines] == [True, False, True, False]
+    assert {"d", "g_adv", "chamfer", "warp", "texture_swap", "its"} <= set(lines[0])
+    # The patch discriminator starts at losses.structure_swap_start (1 in the tiny recipe).
+    assert "structure_swap" not in lines[0] and "d_patch" not in lines[0]
+    assert {"structure_swap", "d_patch"} <= set(lines[1])
+    # Lazy R1 every 2 steps: step indices 0 and 2, logged as steps 1 and 3 (the patch D's from step 1 on).
+    assert ["r1" in r for r in lines] == [True, False, True, False]
+    assert ["r1_patch" in r for r in lines] == [False, False, True, False]
+    # Training health on every metrics line (training.health).
+    assert all(set(HEALTH_KEYS) <= set(r) for r in lines)
+    assert all(r["map_displacement_px"] >= 0 and 0 <= r["layout_structure"] <= 2 for r in lines)
     assert lines[-1]["skipped_files"] == 1  # broken.png reported once and skipped
     grid = np.asarray(Image.open(run / "samples" / "step-0000004.png"))
     assert grid.shape == (4 * 16, 5 * 16, 3)  # 4 structure rows × (correspondence map + 4 textures)

@@ -42,24 +42,59 @@ def _state_elements(state: Any) -> int:
     return sum(v.numel() for v in state.values() if hasattr(v, "numel")) if isinstance(state, dict) else 0
 
 
+def _health(data: dict[str, Any], recipe: Any, path: Path, state: Any) -> dict[str, Any]:
+    """The training-health probe (``training.health``) on a checkpoint's (EMA) generator."""
+    import torch
+
+    from coordgan_cli.inference import build_generator, generator_state
+    from coordgan_cli.training.health import HEALTH_CODES, health_codes, measure_health
+
+    device = state.torch_device()
+    weights = "ema" if "generator" in (data.get("ema") or {}) else "generator"
+    generator = build_generator(recipe, generator_state(data, path), path, device)
+    z_s, z_t = health_codes(generator.latent_dim, state.seed, device=device)
+    with torch.no_grad():
+        values = measure_health(generator, z_s, z_t)
+    return {**values, "inverted": values["layout_ratio"] < 1.0, "weights": weights, "codes": HEALTH_CODES,
+            "seed": state.seed}
+
+
+def _health_lines(health: dict[str, Any]) -> list[str]:
+    verdict = ("INVERTED: texture swaps move the layout more than structure swaps" if health["inverted"]
+               else "structure swaps move the layout more than texture swaps")
+    return [
+        f"[bold]training health[/] ({health['weights']} generator, {health['codes']} fixed codes, seed {health['seed']})",
+        f"  map displacement across structure codes: {health['map_displacement_px']:.2f} px of the map grid",
+        f"  layout change: structure swap {health['layout_structure']:.3f}, texture swap "
+        f"{health['layout_texture']:.3f}; ratio {health['layout_ratio']:.2f} ({verdict})",
+        f"  image follows a shifted map: {health['map_follow']:.2f} (1 = fully, 0 = not at all)",
+    ]
+
+
 def info_command(
     ctx: typer.Context,
     target: Path = typer.Argument(..., help="A recipe (.toml) or a checkpoint (.pt)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout: config, parameters (and checkpoint)."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe value: section.key=value (repeatable)."),
+    health: bool = typer.Option(False, "--health", help="Checkpoints: probe the generator's training health (map "
+                                "displacement, layout ratio, map following) on a small fixed batch."),
 ) -> None:
     """Print a recipe's resolved config (or a checkpoint's contents) and parameter counts per network."""
     from coordgan_cli.config import load_recipe
     from coordgan_cli.models import parameter_counts
 
-    # info reads on the CPU whatever --device says, but a --device that cannot be used here is
-    # refused as everywhere else rather than ignored.
-    get_state(ctx).torch_device()
+    # info reads on the CPU whatever --device says (only the --health probe runs on it), but a
+    # --device that cannot be used here is refused as everywhere else rather than ignored.
+    state = get_state(ctx)
+    state.torch_device()
     overrides = list(overrides or [])
     checkpoint: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
     if not target.exists():
         raise UserError(f"{target}: no such file (expected a recipe .toml or a checkpoint .pt)")
     if target.suffix.lower() == ".toml":
+        if health:
+            raise UserError(f"{target}: --health probes a trained generator; give a checkpoint (.pt), not a recipe")
         recipe = load_recipe(target, overrides)
     else:
         if overrides:
@@ -80,11 +115,15 @@ def info_command(
             "optimizers": sorted(data.get("optimizers", {}) or {}),
             "rng": "rng" in data,
         }
+        if health:
+            probe = _health(data, recipe, target, state)
     counts = parameter_counts(recipe.model)
     if as_json:
         out: dict[str, Any] = {"config": recipe.to_dict(), "parameters": counts}
         if checkpoint is not None:
             out["checkpoint"] = checkpoint
+        if probe is not None:
+            out["health"] = probe
         print_json(out)
         return
     console = Console(highlight=False)
@@ -97,6 +136,9 @@ def info_command(
         console.print(f"  networks: {stored or 'none'}")
         console.print(f"  EMA: {', '.join(checkpoint['ema']) or 'none'}; optimisers: "
                       f"{', '.join(checkpoint['optimizers']) or 'none'}; RNG state: {'yes' if checkpoint['rng'] else 'no'}")
+    if probe is not None:
+        for line in _health_lines(probe):
+            console.print(line)
     console.print(_config_table(recipe))
     console.print(_parameter_table(counts))
 

@@ -19,6 +19,9 @@ from coordgan_cli.errors import UserError
 GENERATOR_LOSSES = {"d": "D", "g_adv": "G", "chamfer": "cham", "warp": "warp", "texture_swap": "tex",
                     "structure_swap": "struct"}
 
+# Training-health numbers (``training.health``), shown after the losses once measured.
+HEALTH = {"map_displacement_px": "disp px", "layout_ratio": "layout", "map_follow": "follow"}
+
 # Options every training command shares.
 MaxStepsOption = Annotated[Optional[int], typer.Option("--max-steps", help="Stop at total step N (with a checkpoint).")]
 SetOption = Annotated[list[str], typer.Option("--set", help="Override a recipe value: section.key=value (repeatable).")]
@@ -38,6 +41,7 @@ class RichReporter:
         self.task = None
         self._t0 = 0.0
         self._first = 0
+        self._health: dict[str, float] = {}  # the latest health numbers (measured every log_every steps)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -60,6 +64,10 @@ class RichReporter:
             return
         its = (step - self._first) / max(time.perf_counter() - self._t0, 1e-9)
         shown = "  ".join(f"{short} {logs[k]:.3g}" for k, short in self.losses.items() if k in logs)
+        self._health.update({k: logs[k] for k in HEALTH if k in logs})
+        if self._health:
+            shown += "  |  " + "  ".join(f"{short} {self._health[k]:.2f}" for k, short in HEALTH.items()
+                                         if k in self._health)
         self.progress.update(self.task, completed=step, rate=f"{its:.2f} it/s  {shown}", detail=shown)
 
     def stop(self) -> None:

@@ -32,6 +32,7 @@ def generator_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         mapping_lr_mul=cfg.mapping_lr_mul, warp_hidden=cfg.warp_hidden, warp_layers=cfg.warp_layers,
         pe_channels=cfg.pe_channels, channels=cfg.synthesis_channels, synthesis_layers=cfg.synthesis_layers,
         highres_channels=tuple(cfg.highres_channels), noise=cfg.noise, backward_mlp=cfg.backward_mlp,
+        warp_skip=cfg.warp_skip,
     )
 
 
@@ -49,8 +50,9 @@ def n_latent_of(cfg: ModelConfig) -> int:
 
 
 def encoder_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    # The encoder works at the canonical resolution: images are resized to coord_size first.
-    return dict(size=cfg.coord_size, channels=tuple(cfg.encoder_channels),
+    # The encoder sees images at encoder_size (0: the canonical resolution, as before the field
+    # existed); a small recipe with a coarse map grid gives it the full image instead.
+    return dict(size=cfg.encoder_size or cfg.coord_size, channels=tuple(cfg.encoder_channels),
                 structure_channels=cfg.encoder_structure_channels,
                 texture_channels=tuple(cfg.encoder_texture_channels), latent_dim=cfg.latent_dim,
                 n_latent=n_latent_of(cfg))
@@ -78,10 +80,18 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
 
     Keys: generator (= mapping_structure + mapping_texture + warp + synthesis [+ backward]),
     mapping_structure, mapping_texture, warp, synthesis, discriminator, patch_discriminator,
-    encoder, and backward when the backward MLP is enabled.
+    encoder (left out when the recipe's encoder sizes do not fit its input size), and backward when
+    the backward MLP is enabled.
     """
     with torch.device("meta"):
-        nets = build_networks(cfg)
+        nets = {"generator": Generator(**generator_kwargs(cfg)),
+                "discriminator": Discriminator(**discriminator_kwargs(cfg)),
+                "patch_discriminator": PatchDiscriminator(**patch_discriminator_kwargs(cfg))}
+        try:
+            nets["encoder"] = Encoder(**encoder_kwargs(cfg))
+        except ValueError:
+            # A generator recipe need not size an encoder (its encoder recipe does): no count then.
+            pass
     g = nets["generator"]
     counts = {
         "generator": count_parameters(g),
@@ -93,5 +103,6 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     if g.backward_mlp is not None:
         counts["backward"] = count_parameters(g.backward_mlp)
     for name in ("discriminator", "patch_discriminator", "encoder"):
-        counts[name] = count_parameters(nets[name])
+        if name in nets:
+            counts[name] = count_parameters(nets[name])
     return counts

@@ -53,6 +53,16 @@ def canonical_grid_map(height: int, width: int, device: Optional[torch.device] =
     return canonical_grid(height, width, device, dtype).t().reshape(1, 2, height, width)
 
 
+# The warp MLP's skip adds atanh(SKIP_SCALE · p) before the final tanh, so the untrained map is
+# ≈ SKIP_SCALE · p plus a small code-dependent offset: close to the identity, and still where tanh
+# has a useful slope (0.19 at the border), so the chamfer loss can spread it to the full square.
+SKIP_SCALE = 0.9
+
+
+def _skip_term(points: torch.Tensor) -> torch.Tensor:
+    return torch.atanh(SKIP_SCALE * points.clamp(-1.0, 1.0))
+
+
 class PointMLP(nn.Module):
     """MLP on [point (2), code (D)] per point: Linear(2+D → hidden), ReLU, …, Linear(hidden → 2), tanh.
 
@@ -61,8 +71,9 @@ class PointMLP(nn.Module):
     is ever built; points are processed in chunks to bound memory.
     """
 
-    def __init__(self, latent_dim: int, hidden: int, n_layers: int) -> None:
+    def __init__(self, latent_dim: int, hidden: int, n_layers: int, skip: bool = False) -> None:
         super().__init__()
+        self.skip = skip
         if n_layers < 2:
             raise ValueError("the point MLP needs at least 2 linear layers")
         self.latent_dim = latent_dim
@@ -76,7 +87,10 @@ class PointMLP(nn.Module):
         h = torch.relu(points @ w_point.t() + code_term)
         for layer in self.hidden_layers:
             h = torch.relu(layer(h))
-        return torch.tanh(self.last(h))
+        out = self.last(h)
+        if self.skip:
+            out = out + _skip_term(points)
+        return torch.tanh(out)
 
     @torch.no_grad()
     def _run_inference(self, points: torch.Tensor, code_term: torch.Tensor) -> torch.Tensor:
@@ -101,7 +115,10 @@ class PointMLP(nn.Module):
                 h = torch.addmm(code_term[i], pts[start:start + rows], w_point).relu_()
                 for bias, weight in layers:
                     h = torch.addmm(bias, h, weight).relu_()
-                torch.addmm(self.last.bias, h, w_last, out=out[i, start:start + rows])
+                block = out[i, start:start + rows]
+                torch.addmm(self.last.bias, h, w_last, out=block)
+                if self.skip:
+                    block.add_(_skip_term(pts[start:start + rows]))
         return out.tanh_()
 
     def forward(self, points: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -127,14 +144,21 @@ class PointMLP(nn.Module):
 class CoordinateWarp(nn.Module):
     """Coordinate warping network: structure w → correspondence map.
 
+    With ``skip`` the MLP predicts an offset from the identity (pre-tanh): the canonical point's
+    own atanh(0.9·p) is added before the tanh (and the last bias starts at zero), so an untrained network already draws a smooth map close to the canonical grid — not,
+    as a plain MLP of a random code does, nearly one point per image.
+
     ``forward(w_structure (B, D), size=int|(H, W)) -> (B, 2, H, W)`` in [-1, 1] (tanh output):
     for each canonical grid position, the canonical coordinate of the semantic point drawn there.
     ``warp_points(w (B, D), points (N, 2)) -> (B, N, 2)`` evaluates arbitrary positions.
     """
 
-    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3) -> None:
+    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3, skip: bool = False) -> None:
         super().__init__()
-        self.mlp = PointMLP(latent_dim, hidden, n_layers)
+        self.mlp = PointMLP(latent_dim, hidden, n_layers, skip=skip)
+        if skip:
+            with torch.no_grad():
+                self.mlp.last.bias.zero_()
 
     def warp_points(self, w_structure: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.mlp(points, w_structure)

@@ -11,7 +11,8 @@ chunk, purpose), so single- and multi-process runs and resumed runs agree):
   image G(s, t) is encoded again; the encoder must recover the structure w (L1) and the
   correspondence map of the generated image (L1 between corr(ŵ_s) and corr(w_s)).
 - texture swap (λ_t = ``encoder.texture_swap``): G(corr(E_s(x_A)), E_t(x_B)) must keep A's layout:
-  perceptual distance to x̂_A (pairs (A, B) = (i, i ^ 1) within a chunk).
+  ``losses.texture_distance`` (layout distance by default, or perceptual) to x̂_A (pairs (A, B) =
+  (i, i ^ 1) within a chunk).
 
 The generator is frozen (no gradients to it; gradients flow *through* it to the encoder). The
 stage runs on the generator stage's driver (``loop.run_training``: run directory, data stream,
@@ -41,7 +42,7 @@ from coordgan_cli.io.checkpoint import (
 from coordgan_cli.models import Encoder, Generator, encoder_kwargs, generator_kwargs
 from coordgan_cli.training import distributed
 from coordgan_cli.training.data import ImageFolderData
-from coordgan_cli.training.generator_step import StepContext, chunk_generator, pair_partner
+from coordgan_cli.training.generator_step import StepContext, chunk_generator, pair_partner, texture_distance_fn
 from coordgan_cli.training.loop import Reporter, resumed_recipe, run_training
 from coordgan_cli.training.run_dir import RunDir
 from coordgan_cli.training.samples import colour_correspondence
@@ -113,7 +114,7 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
         recon, tex_swap = both.chunk(2)
         rec_l1, rec_perc = reconstruction_loss(recon, real, ctx.perceptual)
         parts = {"rec_l1": rec_l1, "rec_perceptual": rec_perc,
-                 "texture_swap": losses.texture_swap_loss(recon, tex_swap, ctx.perceptual)}
+                 "texture_swap": losses.texture_swap_loss(recon, tex_swap, texture_distance_fn(ctx.recipe, ctx.perceptual))}
 
         with torch.no_grad():
             z = torch.randn(2, n, g.latent_dim, generator=gen, device=ctx.dist.device)

@@ -144,6 +144,36 @@ def warmup_ramp(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
+def gan_weight(recipe: Recipe, step: int) -> float:
+    """λ_GAN at ``step``: ``gan_start`` ramped linearly to ``gan`` over the warm-up (reference: 1 → 2)."""
+    lo = recipe.losses
+    return lo.gan_start + (lo.gan - lo.gan_start) * warmup_ramp(step, lo.warmup_steps)
+
+
+def structure_swap_active(recipe: Recipe, step: int) -> bool:
+    """Whether the patch discriminator and the structure-swap loss act at ``step``."""
+    return recipe.losses.structure_swap > 0 and step >= recipe.losses.structure_swap_start
+
+
+def warp_tau(recipe: Recipe, map_size: int) -> float:
+    """The warp loss's temperature: ``losses.warp_tau``, or derived from ``losses.warp_reach`` (map pixels)."""
+    lo = recipe.losses
+    return lo.warp_tau if lo.warp_tau > 0 else losses.warp_temperature(lo.warp_reach, map_size, lo.warp_distance)
+
+
+def warp_distance_fn(recipe: Recipe, perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """The per-sample distance of the warp loss: the perceptual network, plus ``warp_l1`` × L1."""
+    weight = recipe.losses.warp_l1
+    if weight <= 0:
+        return perceptual
+    return lambda x, y: perceptual(x, y) + weight * (x - y).abs().flatten(1).mean(1)
+
+
+def texture_distance_fn(recipe: Recipe, perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """The per-sample distance of the texture-swap constraint (``losses.texture_distance``)."""
+    return losses.layout_distance if recipe.losses.texture_distance == "layout" else perceptual
+
+
 def ema_beta(recipe: Recipe) -> float:
     """Per-step EMA decay for a half-life of ``ema_kimg`` thousand images."""
     if recipe.optim.ema_kimg <= 0:
@@ -178,7 +208,10 @@ def _generate(g: nn.Module, z_s: torch.Tensor, z_t: torch.Tensor, gen: torch.Gen
     w_s = g.map_structure(z_s)
     w_plus = g.texture_plus(g.map_texture(z_t))
     corr = g.correspondence(w_s)
-    # The three syntheses share one batched call: fewer, larger kernels.
+    # The three syntheses share one batched call: fewer, larger kernels. Each image draws its own
+    # noise. (Sharing an image's noise with its swaps was tried: the generator then met the
+    # layout texture-swap distance by amplifying the shared noise into a speckle common to both
+    # images — measured in a 500-step synthetic-64 run, every image became the same speckle.)
     corr3 = torch.cat([corr, corr, corr[partner]])
     w3 = torch.cat([w_plus, w_plus[partner], w_plus])
     images = g.synthesize(corr3, w3, generator=gen)
@@ -203,6 +236,7 @@ def discriminator_step(state: TrainState, ctx: StepContext, step: int) -> dict[s
     for opt in (state.optimizers["discriminator"], state.optimizers["patch_discriminator"]):
         opt.zero_grad(set_to_none=True)
     regularise = step % lo.r1_every == 0
+    patch_active = structure_swap_active(ctx.recipe, step)
     scale = 1.0 / ctx.chunks_per_rank
     logs: dict[str, float] = {}
     for chunk in ctx.chunks():
@@ -217,27 +251,32 @@ def discriminator_step(state: TrainState, ctx: StepContext, step: int) -> dict[s
         real_in = real.detach().requires_grad_(regularise)
         real_pred = d(real_in)
         d_loss = losses.d_logistic_loss(real_pred, d(fake))
-
-        refs = _patch_inputs(fake, ctx, crop_gen)
-        real_crops = _patch_inputs(fake, ctx, crop_gen).requires_grad_(regularise)
-        fake_crops = _patch_inputs(struct_swap, ctx, crop_gen)
-        patch_real = _patch_scores(pd, refs, real_crops)
-        patch_loss = losses.structure_swap_d_loss(patch_real, _patch_scores(pd, refs, fake_crops))
-        total = d_loss + patch_loss
+        total = d_loss
         logs["d"] = logs.get("d", 0.0) + d_loss.item() * scale
-        logs["d_patch"] = logs.get("d_patch", 0.0) + patch_loss.item() * scale
         if regularise:
             # Lazy R1 (γ/2 · penalty), scaled by the interval so its average strength is unchanged.
             r1 = losses.d_r1_loss(real_pred, real_in)
-            r1_patch = losses.d_r1_loss(patch_real, real_crops)
-            total = total + lo.r1_every * (lo.r1_image / 2 * r1 + lo.r1_patch / 2 * r1_patch)
+            total = total + lo.r1_every * lo.r1_image / 2 * r1
             logs["r1"] = logs.get("r1", 0.0) + r1.item() * scale
-            logs["r1_patch"] = logs.get("r1_patch", 0.0) + r1_patch.item() * scale
+
+        if patch_active:
+            refs = _patch_inputs(fake, ctx, crop_gen)
+            real_crops = _patch_inputs(fake, ctx, crop_gen).requires_grad_(regularise)
+            fake_crops = _patch_inputs(struct_swap, ctx, crop_gen)
+            patch_real = _patch_scores(pd, refs, real_crops)
+            patch_loss = losses.structure_swap_d_loss(patch_real, _patch_scores(pd, refs, fake_crops))
+            total = total + patch_loss
+            logs["d_patch"] = logs.get("d_patch", 0.0) + patch_loss.item() * scale
+            if regularise:
+                r1_patch = losses.d_r1_loss(patch_real, real_crops)
+                total = total + lo.r1_every * lo.r1_patch / 2 * r1_patch
+                logs["r1_patch"] = logs.get("r1_patch", 0.0) + r1_patch.item() * scale
         (total * scale).backward()
     ctx.dist.average_gradients(trainable(d))
-    ctx.dist.average_gradients(trainable(pd))
     state.optimizers["discriminator"].step()
-    state.optimizers["patch_discriminator"].step()
+    if patch_active:
+        ctx.dist.average_gradients(trainable(pd))
+        state.optimizers["patch_discriminator"].step()
     return logs
 
 
@@ -252,6 +291,8 @@ def generator_step(state: TrainState, ctx: StepContext, step: int) -> dict[str, 
     scale = 1.0 / ctx.chunks_per_rank
     logs: dict[str, float] = {"ramp": ramp}
     grid = None
+    warp_distance = warp_distance_fn(ctx.recipe, ctx.perceptual)
+    texture_distance = texture_distance_fn(ctx.recipe, ctx.perceptual)
     for chunk in ctx.chunks():
         n = ctx.chunk_size
         gen = chunk_generator(ctx.seed, step, chunk, _G_STEP, ctx.dist.device)
@@ -266,19 +307,21 @@ def generator_step(state: TrainState, ctx: StepContext, step: int) -> dict[str, 
             "g_adv": losses.g_nonsaturating_loss(d(image)),
             "chamfer": losses.chamfer_loss(corr, grid),
         }
-        weights = {"g_adv": lo.gan, "chamfer": lo.chamfer}
+        weights = {"g_adv": gan_weight(ctx.recipe, step), "chamfer": lo.chamfer}
         if lo.warp > 0:
-            # Each image rebuilt from its structure-swapped twin (same texture) and vice versa.
+            # Each image rebuilt from its structure-swapped twin (same texture) and vice versa; the
+            # image being rebuilt is a fixed target (detached, as in the reference code).
             parts["warp"] = losses.warp_loss(
                 _image_size_for(corr, image), _image_size_for(corr, struct_swap), corr, corr[partner],
-                ctx.perceptual, lo.warp_tau, distance=lo.warp_distance,
+                warp_distance, warp_tau(ctx.recipe, corr.shape[-1]), distance=lo.warp_distance,
             )
             weights["warp"] = lo.warp * ramp
         if lo.texture_swap > 0:
-            parts["texture_swap"] = losses.texture_swap_loss(image, tex_swap, ctx.perceptual)
-            weights["texture_swap"] = lo.texture_swap * ramp
-        if lo.structure_swap > 0:
-            refs = _patch_inputs(image, ctx, crop_gen)
+            parts["texture_swap"] = losses.texture_swap_loss(image, tex_swap, texture_distance)
+            weights["texture_swap"] = lo.texture_swap * (ramp if lo.texture_swap_ramp else 1.0)
+        if structure_swap_active(ctx.recipe, step):
+            # The reference crops only condition the patch discriminator: detached (reference code).
+            refs = _patch_inputs(image.detach(), ctx, crop_gen)
             fake_crops = _patch_inputs(struct_swap, ctx, crop_gen)
             parts["structure_swap"] = losses.structure_swap_g_loss(_patch_scores(pd, refs, fake_crops))
             weights["structure_swap"] = lo.structure_swap * ramp

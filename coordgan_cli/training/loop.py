@@ -43,6 +43,7 @@ from coordgan_cli.training.data import ImageFolderData
 from coordgan_cli.training.generator_step import (
     _SAMPLES, StepContext, TrainState, build_train_state, check_batch_split, chunk_generator, non_finite, train_step,
 )
+from coordgan_cli.training.health import health_codes, inverted_layout_warning, measure_health
 from coordgan_cli.training.run_dir import RunDir
 from coordgan_cli.training.samples import sample_grid
 
@@ -226,10 +227,26 @@ class GeneratorStage:
     run: RunDir
     resumed_from: Optional[Path]
     diverged_hint: str = "lower optim.lr or raise losses.r1_image, then rerun to resume from it"
+    warned_inverted: bool = False
 
     @property
     def steps(self) -> int:
         return self.recipe.schedule.steps
+
+    def health(self) -> tuple[dict[str, float], Optional[str]]:
+        """Health numbers of the generator being trained (``training.health``) on the run's fixed
+        probe codes, and — once per process, after the warm-up — a warning when the layout ratio is
+        inverted (texture swaps move the layout more than structure swaps)."""
+        g = self.state.generator
+        device = next(g.parameters()).device
+        z_s, z_t = health_codes(g.latent_dim, int(self.facts["seed"]), device=device)
+        values = measure_health(g, z_s, z_t)
+        message = None
+        if (not self.warned_inverted and self.state.step >= self.recipe.losses.warmup_steps
+                and values["layout_ratio"] < 1.0):
+            self.warned_inverted = True
+            message = inverted_layout_warning(values, self.state.step)
+        return values, message
 
     def config_facts(self) -> dict[str, Any]:
         return self.facts
@@ -365,12 +382,18 @@ def _drive(stage: Stage, dist: distributed.Distributed, max_steps: Optional[int]
             for k, v in logs.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
-            reporter.step(state.step, logs)
+            health: dict[str, float] = {}
+            if dist.is_main and due(sched.log_every) and hasattr(stage, "health"):
+                # No gradients, constant noise, private codes: the training randomness is untouched.
+                health, warning = stage.health()
+                if warning:
+                    reporter.message(warning)
+            reporter.step(state.step, {**logs, **health})
             if dist.is_main and due(sched.log_every):
                 its = window_steps / max(time.perf_counter() - window_start, 1e-9)
                 means = {k: v / window_steps for k, v in window.items()}
                 run.append_metrics({"step": state.step, "its": its, "images": state.step * recipe.optim.batch,
-                                    "skipped_files": len(set(skipped)), **means})
+                                    "skipped_files": len(set(skipped)), **means, **health})
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if dist.is_main and due(sched.sample_every):
                 run.write_sample(state.step, sample())
