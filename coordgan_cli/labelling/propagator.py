@@ -340,7 +340,7 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
                  **matcher_options: Any) -> dict[str, Any]:
     """Label ``queries`` (a folder, a text file of paths, '-', or a list of paths) from
     ``references`` into ``out`` — labels/ (palette PNGs), labels.json, annotations.json (COCO),
-    overlays/, confidence/, report.html, progress.jsonl (a rerun resumes) — and return the
+    overlays/, confidence/, report.html, run.json, progress.jsonl (a rerun resumes) — and return the
     summary. ``matcher``: a registry name (built with ``**matcher_options``) or a Matcher.
     """
     if isinstance(matcher, str):
