@@ -13,11 +13,16 @@ the selection), and the mIoU of propagating their masks to every test image with
     network's Mixed_5d + Mixed_6e maps, 35² and 17², upsampled and concatenated), on a --grid²
     working grid, labels upsampled (nearest) to each test mask;
   * ``correlation``: `coordgan propagate --matcher correlation` (a trained feature matcher,
-    --matcher-ckpt or the shipped one, at its working size; labels at each test photo's size).
+    --matcher-ckpt or the shipped one, at its working size; labels at each test photo's size);
+  * ``features`` / ``classifier``: `coordgan propagate --matcher features|classifier` (the
+    real-photo matchers on the pretrained backbone, default the shipped Inception-v3, 512² working
+    size; labels at each test photo's size).
+The references are suggested from descriptors of --backbone (default inception, as `suggest`).
 mIoU: ΣI/ΣU per class over all test images, averaged over the part classes 1..C-1 (``metrics.iou``).
 
     OMP_NUM_THREADS=1 python benchmarks/suggest_references.py --k 5
     OMP_NUM_THREADS=1 python benchmarks/suggest_references.py --k 5 --matcher correlation --limit 20
+    OMP_NUM_THREADS=1 python benchmarks/suggest_references.py --k 5 --matcher features --random-mious 0
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ def mious_cosine(ref_sets: list[list[Path]], test: list[Path], hyper: "Hypercolu
     return [float(acc.class_iou()[1:].mean()) for acc in accs]
 
 
-def miou_correlation(refs: list[Path], test: list[Path], matcher_ckpt: Path | None, work: Path) -> float:
+def miou_propagate(refs: list[Path], test: list[Path], matcher: str, matcher_ckpt: Path | None, work: Path) -> float:
     from coordgan_cli.cli._common import AppState
     from coordgan_cli.cli.propagate import run_propagate
 
@@ -113,7 +118,7 @@ def miou_correlation(refs: list[Path], test: list[Path], matcher_ckpt: Path | No
     queries.write_text("".join(f"{q}\n" for q in test))
     out = work / f"run-{len(list(work.glob('run-*')))}"
     run_propagate(AppState(device="cpu", quiet=True), ref=refs, mask=[mask_of(r) for r in refs], queries=str(queries),
-                  out=out, matcher="correlation", matcher_ckpt=matcher_ckpt)
+                  out=out, matcher=matcher, matcher_ckpt=matcher_ckpt)
     acc = IoUAccumulator(NUM_CLASSES)
     for q in test:
         acc.update(read_mask(out / "labels" / (q.stem + ".png")), read_mask(mask_of(q)))
@@ -127,7 +132,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="suggest seeds 0..N-1 for the coverage spread")
     parser.add_argument("--draws", type=int, default=2000, help="random draws for the random coverage")
     parser.add_argument("--random-mious", type=int, default=3, help="random draws scored by mIoU")
-    parser.add_argument("--matcher", choices=("cosine", "correlation"), default="cosine")
+    parser.add_argument("--matcher", choices=("cosine", "correlation", "features", "classifier"), default="cosine")
+    parser.add_argument("--backbone", default="inception", help="descriptor backbone of the suggestion")
+    parser.add_argument("--backbone-weights", type=Path, default=None)
     parser.add_argument("--matcher-ckpt", type=Path, default=None)
     parser.add_argument("--grid", type=int, default=32, help="cosine matcher's working grid side")
     parser.add_argument("--limit", type=int, default=None, help="score on the first N test images only")
@@ -142,10 +149,10 @@ def main() -> None:
     class_sets = {p: set(np.unique(read_mask(mask_of(p))).tolist()) - {0, 255} for p in train}
     all_classes = len(set().union(*class_sets.values()))
 
-    from coordgan_cli.selection.descriptors import inception_descriptors
+    from coordgan_cli.selection.descriptors import backbone_descriptors
 
     started = time.perf_counter()
-    descriptors, kept = inception_descriptors(train, device=device)
+    descriptors, kept = backbone_descriptors(train, args.backbone, args.backbone_weights, device=device)
     assert kept == list(range(len(train)))
     seconds = time.perf_counter() - started
 
@@ -172,7 +179,11 @@ def main() -> None:
         mious = mious_cosine([refs for _, refs in rows], test, Hypercolumns(device), args.grid)
     else:
         with tempfile.TemporaryDirectory(prefix="suggest-bench-") as work:
-            mious = [miou_correlation(refs, test, args.matcher_ckpt, Path(work)) for _, refs in rows]
+            mious = []
+            for label, refs in rows:
+                started = time.perf_counter()
+                mious.append(miou_propagate(refs, test, args.matcher, args.matcher_ckpt, Path(work)))
+                print(f"  ({label}: {time.perf_counter() - started:.0f} s)", flush=True)
     results = {}
     for (label, refs), value in zip(rows, mious):
         results[label] = value

@@ -7,13 +7,15 @@ with ``--matcher identity`` (default): the coordinates vote on a store of identi
 pixel keeps its own position, so the vote copies the references' labels where they sit and its
 confidence is their agreement (the identity baseline: the same labels and confidence for every
 image, so round 2 is chosen by novelty alone); with ``--matcher correlation``: the shipped (or
---matcher-ckpt) feature matcher, whose confidence differs per image. To keep four propagations over the folder within minutes
+--matcher-ckpt) feature matcher, whose confidence differs per image; with ``--matcher features``
+or ``classifier``: the real-photo matchers on the shipped Inception-v3 (``--work-size`` sets their
+working resolution, default 512). To keep four propagations over the folder within minutes
 on a CPU, they run on copies of the images and masks shrunk to --side² (written under --out,
 never into the repository); round 1's `suggest` reads the original photos.
 
     round 1: coordgan suggest IMAGES --k K                       → K references
              coordgan propagate --store S --refs round1 …        → run1 (labels, confidence)
-    round 2: coordgan suggest COPIES --from-run run1 --k K       → K more
+    round 2: coordgan suggest --from-run run1 --k K              → K more (queries, references: run1/run.json)
              coordgan propagate --store S --refs round1+2 …      → run2
 
 Printed: classes covered by the references and the labels' mIoU against the true masks of the
@@ -103,7 +105,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--side", type=int, default=128, help="side of the copies propagation runs on")
-    parser.add_argument("--matcher", choices=("identity", "correlation"), default="identity")
+    parser.add_argument("--matcher", choices=("identity", "correlation", "features", "classifier"), default="identity")
+    parser.add_argument("--work-size", type=int, default=None, help="working size of the feature matchers")
     parser.add_argument("--matcher-ckpt", type=Path, default=None)
     args = parser.parse_args()
     folder = args.data / "train" / "images"
@@ -122,7 +125,8 @@ def main() -> None:
         identity_store(store, copies, args.side)
         matcher = ["--store", store]
     else:
-        matcher = ["--matcher", "correlation"] + (["--matcher-ckpt", args.matcher_ckpt] if args.matcher_ckpt else [])
+        matcher = ["--matcher", args.matcher] + (["--matcher-ckpt", args.matcher_ckpt] if args.matcher_ckpt else []) \
+            + (["--work-size", args.work_size] if args.work_size else [])
 
     def cover(refs: list[Path]) -> int:
         return len(set().union(*(classes[r] for r in refs)))
@@ -130,8 +134,7 @@ def main() -> None:
     first = coordgan("suggest", folder, "--k", args.k, "--out", args.out / "round1")
     round1 = [Path(p["path"]) for p in first["picks"]]
     run1 = propagate(matcher, [copy_of[r] for r in round1], copies_folder, args.out / "run1")
-    second = coordgan("suggest", copies_folder, "--from-run", args.out / "run1", "--refs", args.out / "run1.refs.txt",
-                      "--k", args.k, "--out", args.out / "round2")
+    second = coordgan("suggest", "--from-run", args.out / "run1", "--k", args.k, "--out", args.out / "round2")
     round2 = [original[Path(p["path"]).stem] for p in second["picks"]]
     run2 = propagate(matcher, [copy_of[r] for r in round1 + round2], copies_folder, args.out / "run2")
     by_name = images[: 2 * args.k]

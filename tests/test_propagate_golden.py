@@ -123,6 +123,8 @@ def _digests(root: Path, name: str, args: list, out: Path) -> dict[str, str]:
         rel = str(path.relative_to(out))
         if rel == "labels.h5":
             continue  # HDF5 bytes hold timestamps: its arrays are compared below
+        if rel == "run.json":
+            continue  # written since (for `suggest --from-run`); it holds absolute paths, so no fixed digest
         data = path.read_bytes()
         if rel == "progress.jsonl":
             data = b"".join(data.splitlines(keepends=True)[1:])

@@ -181,3 +181,97 @@ def test_structure_descriptors_are_the_encoders_codes(folder: Path, tmp_path: Pa
     summary = _run(folder, "--k", 2, "--out", tmp_path / "s", "--ckpt", enc)
     assert summary["descriptor"] == "structure"
     assert [p["name"] for p in summary["picks"]] == [paths[i].name for i in representatives(codes, 2).indices]
+
+
+def test_backbone_descriptors_are_the_fid_pool_features(folder: Path) -> None:
+    from coordgan_cli.io.images import list_images, read_image
+    from coordgan_cli.metrics.fid import inception_features, load_extractor
+    from coordgan_cli.selection.descriptors import backbone_descriptors
+
+    paths = list_images(folder)[:5]
+    got, kept = backbone_descriptors(paths, "inception", device=torch.device("cpu"), batch_size=2)
+    # Straightforward reference: the FID extractor's pool vector of each 299² image, L2-normalised.
+    resized = np.stack([np.asarray(Image.fromarray(read_image(p)).resize((299, 299), Image.BILINEAR)) for p in paths])
+    pool = inception_features([resized], load_extractor(torch.device("cpu")), torch.device("cpu"))
+    expected = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    assert kept == list(range(5)) and got.shape == (5, 2048) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-4)
+
+
+def test_suggest_backbone_options(folder: Path, tmp_path: Path) -> None:
+    import torchvision
+
+    def fails(*args) -> str:
+        result = CliRunner().invoke(app, ["--quiet", "--device", "cpu", "suggest", *map(str, args)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    assert "--backbone 'vgg'" in fails(folder, "--k", 2, "--out", tmp_path / "x", "--backbone", "vgg")
+    assert "--backbone-weights" in fails(folder, "--k", 2, "--out", tmp_path / "x", "--backbone", "resnet18")
+    assert "nope.pth" in fails(folder, "--k", 2, "--out", tmp_path / "x", "--backbone", "resnet18",
+                               "--backbone-weights", tmp_path / "nope.pth")
+    enc = tmp_path / "enc.pt"
+    enc.write_bytes(b"x")
+    assert "--ckpt" in fails(folder, "--k", 2, "--out", tmp_path / "x", "--ckpt", enc, "--backbone", "inception")
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+    # A ResNet-18 from a weights file on disk (random here): its descriptors choose the picks.
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    summary = _run(folder, "--k", 3, "--out", tmp_path / "s", "--backbone", "resnet18", "--backbone-weights", weights)
+    from coordgan_cli.io.images import list_images
+    from coordgan_cli.selection.descriptors import backbone_descriptors
+    from coordgan_cli.selection.select import representatives
+
+    paths = list_images(folder)
+    codes, _ = backbone_descriptors(paths, "resnet18", weights, device=torch.device("cpu"))
+    assert codes.shape == (9, 512)
+    assert summary["descriptor"] == "resnet18"
+    assert [p["name"] for p in summary["picks"]] == [paths[i].name for i in representatives(codes, 3).indices]
+
+
+def _propagate(dataset: Path, out: Path, queries: str, stdin: str | None = None) -> None:
+    res = CliRunner().invoke(app, ["--quiet", "propagate", "--store", str(dataset / "maps.h5"), "--ref",
+                                   str(dataset / "images/a.png"), "--mask", str(dataset / "masks/a.png"), "--queries",
+                                   queries, "--out", str(out), "--json"], input=stdin)
+    assert res.exit_code == 0, res.output
+
+
+def test_run_json_lets_from_run_go_without_images(dataset: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = tmp_path / "run"
+    _propagate(dataset, run, str(dataset / "images"))
+    record = json.loads((run / "run.json").read_text())
+    assert record["format"] == "coordgan-propagate-run" and record["matcher"] == "coordinates"
+    assert record["queries"]["source"] == str((dataset / "images").absolute())
+    from coordgan_cli.io.images import list_images
+
+    assert record["queries"]["count"] == len(list_images(dataset / "images"))
+    assert record["references"] == [{"name": "a.png", "image": str((dataset / "images/a.png").absolute()),
+                                     "mask": str((dataset / "masks/a.png").absolute())}]
+    assert record["settings"]["mode"] == "soft" and record["settings"]["min_confidence"] is None
+    # No IMAGES, no --refs: the run's queries and references from run.json — the same picks as with them.
+    bare = _run("--from-run", run, "--k", 2, "--out", tmp_path / "bare")
+    given = _run(dataset / "images", "--from-run", run, "--k", 2, "--out", tmp_path / "given")
+    assert bare["picks"] == given["picks"] and len(bare["picks"]) == 2
+    assert [Path(r).name for r in bare["references"]] == ["a.png"]
+    assert "a.png" not in [p["name"] for p in bare["picks"]]
+
+    # Queries from stdin: run.json lists them; suggest reads that list.
+    piped = tmp_path / "piped"
+    top = [p for p in list_images(dataset / "images") if p.parent == dataset / "images"]  # store keys: file names
+    _propagate(dataset, piped, "-", stdin="".join(f"{p}\n" for p in top))
+    record = json.loads((piped / "run.json").read_text())
+    assert "source" not in record["queries"] and record["queries"]["paths"] == [str(p) for p in top]
+    from_list = _run("--from-run", piped, "--k", 2, "--out", tmp_path / "p")
+    assert from_list["images"] == len(top) == 3
+    assert sorted(p["name"] for p in from_list["picks"]) == sorted(p.name for p in top if p.name != "a.png")
+
+    # A run from before run.json: IMAGES is needed again, and the error says so.
+    (run / "run.json").unlink()
+    result = CliRunner().invoke(app, ["--quiet", "suggest", "--from-run", str(run), "--k", "2", "--out",
+                                      str(tmp_path / "old")])
+    assert result.exit_code == 2 and "run.json" in result.output and "--queries" in result.output
+    (run / "run.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["--quiet", "suggest", "--from-run", str(run), "--k", "2"])
+    assert result.exit_code == 2 and "run.json: not a propagate run record" in result.output

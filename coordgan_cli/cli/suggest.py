@@ -1,12 +1,14 @@
 """``coordgan suggest``: which images to annotate — the first references, and the next ones.
 
-First round: describe every image (offline Inception-v3 pool features, or the CoordGAN
-encoder's structure code with --ckpt), pick the K medoids (``selection.select.representatives``)
+First round: describe every image (a pretrained backbone's global descriptor — by default the
+offline Inception-v3's pool features, --backbone NAME --backbone-weights FILE for another from
+the registry the real-photo matchers use — or the CoordGAN encoder's structure code with --ckpt), pick the K medoids (``selection.select.representatives``)
 or the K farthest-first images, and write ``suggested.txt`` + a contact sheet + ``suggested.json``.
 
 Next round (``--from-run OUT``): read the per-image confidence a finished ``coordgan propagate``
 recorded in ``OUT/progress.jsonl`` and pick the images whose labels are least certain and least
-like the current references (``selection.select.next_round``).
+like the current references (``selection.select.next_round``). The queries and references come
+from ``OUT/run.json`` (written by the run), so IMAGES and --refs may be left out.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from coordgan_cli.errors import UserError
 from coordgan_cli.labelling.progress import PROGRESS  # the run records `coordgan propagate` writes
 
 METHODS = ("kmedoids", "farthest")
+DEFAULT_BACKBONE = "inception"  # the shipped Inception-v3 (nothing downloads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +99,27 @@ def read_run(out: Path) -> dict[str, dict[str, float]]:
     return records
 
 
+def read_run_json(out: Path) -> Optional[dict[str, Any]]:
+    """A propagate run's ``OUT/run.json`` (``labelling.propagator.run_record``); None when the run
+    predates it. A damaged one is a UserError naming it."""
+    from coordgan_cli.labelling.propagator import RUN_FORMAT, RUN_JSON
+
+    path = out / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a propagate run record ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+        raise UserError(f"{path}: not a propagate run record (format is not {RUN_FORMAT!r})")
+    queries = record.get("queries")
+    if not isinstance(queries, dict) or not (isinstance(queries.get("source"), str)
+                                             or isinstance(queries.get("paths"), list)):
+        raise UserError(f"{path}: the run record names no queries")
+    return record
+
+
 def report_references(out: Path) -> list[str]:
     """Reference names from a propagate run's report.html summary line ('references: a, b'); [] if absent."""
     report = out / "report.html"
@@ -119,7 +143,8 @@ def report_references(out: Path) -> list[str]:
 def suggest(
     ctx: typer.Context,
     images: Optional[str] = typer.Argument(None, help="Images to choose from: a folder, a text file of paths, or - "
-                                           "(stdin). With --from-run: the images that were propagated."),
+                                           "(stdin). With --from-run: the images that were propagated (default: "
+                                           "the run's queries, from OUT/run.json)."),
     k: int = typer.Option(..., "--k", help="Number of images to suggest."),
     out: Path = typer.Option(Path("suggested"), "--out", help="Output folder: suggested.txt, suggested.json, "
                              "contact_sheet.png."),
@@ -129,11 +154,18 @@ def suggest(
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="A finished `coordgan propagate` output folder: "
                                             "suggest the next K images, least certain and unlike the references."),
     refs: Optional[Path] = typer.Option(None, "--refs", help="With --from-run: the run's references (its --refs "
-                                        "pairs file or a path list). Default: the names in OUT/report.html."),
+                                        "pairs file or a path list). Default: those OUT/run.json records (or, for "
+                                        "a run without one, the names in OUT/report.html)."),
     method: str = typer.Option("kmedoids", "--method", help="kmedoids (the K images that best stand for the folder) "
                                "| farthest (the K most different images; greedy max-min)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Pretrained backbone whose global descriptor "
+                                           "describes the images (as the features/classifier matchers): inception "
+                                           "(default, shipped), resnet18/34/50/101 (need "
+                                           "--backbone-weights)."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="The backbone's weights file "
+                                                    "(state dict placed on disk; nothing downloads)."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Describe images by this CoordGAN encoder checkpoint's "
-                                        "structure code instead of Inception-v3 features."),
+                                        "structure code instead of a backbone's descriptor."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the k-medoids seeding (default: the root --seed)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images described per batch."),
     json_out: bool = typer.Option(False, "--json", help="Print the picks as JSON on stdout."),
@@ -142,7 +174,8 @@ def suggest(
     ones whose propagated labels are least certain and least like the current references."""
     state = get_state(ctx)
     summary = run_suggest(state, images=images, k=k, out=out, exclude=exclude, from_run=from_run, refs=refs,
-                          method=method, ckpt=ckpt, seed=state.seed if seed is None else seed, batch_size=batch_size)
+                          method=method, ckpt=ckpt, backbone=backbone, backbone_weights=backbone_weights,
+                          seed=state.seed if seed is None else seed, batch_size=batch_size)
     if json_out:
         print_json(summary)
         return
@@ -154,7 +187,8 @@ def suggest(
 
 def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, exclude: Optional[Path] = None,
                 from_run: Optional[Path] = None, refs: Optional[Path] = None, method: str = "kmedoids",
-                ckpt: Optional[Path] = None, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+                ckpt: Optional[Path] = None, backbone: Optional[str] = None, backbone_weights: Optional[Path] = None,
+                seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
     """``coordgan suggest`` as a function; returns the JSON summary (also written to OUT/suggested.json)."""
     from coordgan_cli.io.atomic import atomic_write_json, atomic_write_text
     from coordgan_cli.io.contact_sheet import write_contact_sheet
@@ -171,19 +205,46 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
         raise UserError("--refs names a propagate run's references: use it with --from-run (or use --exclude)")
     if from_run is not None and method != "kmedoids":
         raise UserError("--method chooses the first round's picks; --from-run always ranks by uncertainty × novelty")
-    if images is None:
+    record = read_run_json(from_run) if from_run is not None and from_run.is_dir() else None
+    if images is None and record is None:
         raise UserError("give the images to choose from (a folder, a path list or -)"
-                        + ("; with --from-run, the images that were propagated (its --queries)" if from_run else ""))
+                        + (f"; {from_run} has no run.json (a run before it was written): give the images that "
+                           "were propagated (its --queries)" if from_run else ""))
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"{ckpt}: --ckpt file not found")
+    if ckpt is not None and (backbone is not None or backbone_weights is not None):
+        raise UserError("--ckpt describes images by the encoder's structure code: leave out --backbone/--backbone-weights")
+    if ckpt is None:
+        from coordgan_cli.backbones import BACKBONES, backbone_names
 
-    root, paths = read_path_list(images)
+        backbone = DEFAULT_BACKBONE if backbone is None else backbone
+        if backbone not in backbone_names():
+            raise UserError(f"--backbone {backbone!r} is not a backbone; choose from {', '.join(backbone_names())}")
+        if backbone_weights is not None and not backbone_weights.is_file():
+            raise UserError(f"{backbone_weights}: --backbone-weights file not found")
+        if BACKBONES[backbone][1] and backbone_weights is None:
+            raise UserError(f"--backbone {backbone} needs --backbone-weights FILE ({BACKBONES[backbone][2]}); "
+                            "nothing is downloaded at run time")
+
+    if images is not None:
+        root, paths = read_path_list(images)
+        list_base = None if root is None else (root if Path(images).is_dir() else Path(images).parent)
+    else:  # the run's queries, read as `propagate` read them
+        source = record["queries"].get("source")
+        if isinstance(source, str):
+            if not Path(source).exists():
+                raise UserError(f"{from_run / 'run.json'}: the run's queries {source} are gone; give IMAGES")
+            images = source
+            root, paths = read_path_list(source)
+            list_base = None if root is None else (root if Path(source).is_dir() else Path(source).parent)
+        else:
+            images = str(from_run / "run.json")
+            root, paths, list_base = None, [Path(p) for p in record["queries"]["paths"]], None
     if not paths:
         raise UserError(f"{images}: no images found")
     names = [relative_name(p, root) for p in paths]
     by_name = {n: i for i, n in enumerate(names)}
     by_path = {p.resolve(): i for i, p in enumerate(paths)}
-    list_base = None if root is None else (root if Path(images).is_dir() else Path(images).parent)
 
     fixed_in: list[int] = []
     fixed_out: list[Path] = []
@@ -195,8 +256,11 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
     run: dict[str, dict[str, float]] = {}
     if from_run is not None:
         run = read_run(from_run)
+        recorded = [r["image"] for r in (record or {}).get("references", []) if isinstance(r, dict) and r.get("image")]
         if refs is not None:
             ref_entries, ref_base, where = _read_list(refs, "--refs"), refs.parent, str(refs)
+        elif recorded:
+            ref_entries, ref_base, where = recorded, None, str(from_run / "run.json")
         else:
             ref_entries, ref_base, where = report_references(from_run), None, str(from_run / "report.html")
             if not ref_entries:
@@ -212,7 +276,7 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
 
     # ---- descriptors ------------------------------------------------------------------------
     from coordgan_cli.io.paths import output_folder
-    from coordgan_cli.selection.descriptors import inception_descriptors, structure_descriptors
+    from coordgan_cli.selection.descriptors import backbone_descriptors, structure_descriptors
 
     output_folder(out)  # inputs are checked; an unwritable --out is one clear error before the long part
 
@@ -225,7 +289,7 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
                       on_batch=lambda done: progress.update(task, completed=done),
                       on_skip=lambda p, reason: skipped.append({"path": str(p), "reason": reason}))
         if ckpt is None:
-            descriptors, kept = inception_descriptors(all_paths, **kwargs)
+            descriptors, kept = backbone_descriptors(all_paths, backbone, backbone_weights, **kwargs)
         else:
             descriptors, kept = structure_descriptors(all_paths, ckpt, **kwargs)
     for s in skipped:
@@ -277,7 +341,7 @@ def run_suggest(state: AppState, *, images: Optional[str], k: int, out: Path, ex
     summary: dict[str, Any] = {
         "k": k, "mode": "next-round" if from_run is not None else "first-round",
         "method": "uncertainty×novelty" if from_run is not None else method,
-        "descriptor": "structure" if ckpt is not None else "inception", "seed": seed,
+        "descriptor": "structure" if ckpt is not None else backbone, "seed": seed,
         "images": folder_count, "excluded": len(fixed_rows), "skipped": skipped, "picks": picks,
         "outputs": {"suggested": str(out / "suggested.txt"), "json": str(out / "suggested.json"),
                     "contact_sheet": str(out / "contact_sheet.png")},

@@ -4,11 +4,15 @@ Per query: read → ``matcher.label`` (or ``predict_proba``'s argmax) → ``--mi
 (palette), overlay, confidence picture, the labels and confidence in ``OUT/labels.h5`` when the
 matcher read the query's maps from a store (the store itself is never written), one
 ``progress.jsonl`` record (COCO image entry, annotations, keypoints). At the end the COCO files
-and report.html are assembled from the records, in query order, with flat memory.
+and report.html are assembled from the records, in query order, with flat memory. Before the
+first query, ``OUT/run.json`` records what the run is (``run_record``: the queries' source, the
+references' image and mask files, the matcher and its settings), so `coordgan suggest --from-run
+OUT` needs nothing else.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,6 +27,8 @@ from coordgan_cli.labelling.progress import (PROGRESS, append_record, light, loa
 from coordgan_cli.labelling.references import References
 
 LABELS_H5 = "labels.h5"
+RUN_JSON = "run.json"
+RUN_FORMAT = "coordgan-propagate-run"
 Queries = Union[str, Path, Iterable[Union[str, Path]], "QueryList"]
 
 
@@ -45,6 +51,7 @@ class QueryList:
     root: Optional[Path]
     paths: list[Path]
     names: list[str] = field(default_factory=list)
+    source: Optional[Path] = None  # the folder or path-list file they were read from (None: stdin, a list)
 
     @classmethod
     def read(cls, source: Queries) -> "QueryList":
@@ -53,12 +60,14 @@ class QueryList:
 
         if isinstance(source, QueryList):
             return source
+        origin = None
         if isinstance(source, (str, Path)):
             root, paths = read_path_list(source)
+            origin = None if str(source) == "-" else Path(source)
         else:
             paths = [Path(p) for p in source]
             root = None
-        queries = cls(root, paths, [relative_name(p, root) for p in paths])
+        queries = cls(root, paths, [relative_name(p, root) for p in paths], origin)
         queries.check_unique()
         return queries
 
@@ -135,6 +144,11 @@ class Propagator:
             from coordgan_cli.io.masks import write_labels
 
             write_labels(self.out / "labels.json", self.references.labels)
+            from coordgan_cli.io.atomic import atomic_write_json
+
+            atomic_write_json(self.out / RUN_JSON, run_record(queries, self.references, self.matcher.name,
+                                                              {"min_confidence": self.min_confidence,
+                                                               "polygons": self.polygons, **self.settings}))
             counts = self._label_all(queries, done, key)
         finally:
             getattr(self.matcher, "close", lambda: None)()
@@ -290,6 +304,31 @@ class Propagator:
                      legend=[(labels.names[i], labels.colours[i]) for i in labels.ids], limit=self.report_limit)
 
 
+def run_record(queries: QueryList, references: References, matcher: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What ``OUT/run.json`` holds: absolute paths, so it can be read from anywhere.
+
+    queries: ``source`` (the folder or path-list file, re-read as `propagate` read it) or, for
+    stdin or a Python list, ``paths``; references: image and mask file per reference (null for
+    in-memory arrays, or a mask from --ref-coco); settings: as the resume key records them.
+    """
+    def absolute(path: Optional[Path]) -> Optional[str]:
+        return None if path is None else str(Path(path).absolute())
+
+    query_part: dict[str, Any] = {"count": len(queries.paths), "root": absolute(queries.root)}
+    if queries.source is not None:
+        query_part["source"] = absolute(queries.source)
+    else:
+        query_part["paths"] = [absolute(p) for p in queries.paths]
+    masks = references.mask_paths or [None] * len(references)
+    return {
+        "format": RUN_FORMAT, "version": 1, "matcher": matcher, "queries": query_part,
+        "references": [{"name": n, "image": absolute(p), "mask": absolute(m)}
+                       for n, p, m in zip(references.names, references.paths, masks)],
+        "labels": absolute(references.labels_file),
+        "settings": json.loads(json.dumps(settings, default=str)),  # a Path or device as text
+    }
+
+
 def label_folder(references: References, queries: Queries, out: Union[str, Path],
                  matcher: Union[str, Matcher] = "correlation", *, min_confidence: Optional[float] = None,
                  polygons: bool = False, keypoints: Optional[Path] = None, report_limit: int = 500,
@@ -301,7 +340,7 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
                  **matcher_options: Any) -> dict[str, Any]:
     """Label ``queries`` (a folder, a text file of paths, '-', or a list of paths) from
     ``references`` into ``out`` — labels/ (palette PNGs), labels.json, annotations.json (COCO),
-    overlays/, confidence/, report.html, progress.jsonl (a rerun resumes) — and return the
+    overlays/, confidence/, report.html, run.json, progress.jsonl (a rerun resumes) — and return the
     summary. ``matcher``: a registry name (built with ``**matcher_options``) or a Matcher.
     """
     if isinstance(matcher, str):
@@ -315,4 +354,4 @@ def label_folder(references: References, queries: Queries, out: Union[str, Path]
     return propagator.run(queries)
 
 
-__all__ = ["Propagator", "QueryList", "label_folder", "output_stem", "predict_full"]
+__all__ = ["Propagator", "QueryList", "RUN_JSON", "label_folder", "output_stem", "predict_full", "run_record"]

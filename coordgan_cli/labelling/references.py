@@ -89,7 +89,8 @@ class References:
     by the labels file or present in a mask), background 0 included — matchers' class
     probabilities are over this order, so ``probs[k]`` is label id ``classes[k]`` (== k); labels:
     the LabelSet (id → name, colour); labels_file: where it came from (None: COCO or default);
-    store_names: per reference, the store keys to try, most specific first.
+    store_names: per reference, the store keys to try, most specific first; mask_paths: per
+    reference, its mask file (None for an array or a mask from COCO).
     """
 
     images: list[np.ndarray]
@@ -100,6 +101,7 @@ class References:
     labels: Any  # coordgan_cli.io.masks.LabelSet
     labels_file: Optional[Path] = None
     store_names: list[list[str]] = field(default_factory=list)
+    mask_paths: list[Optional[Path]] = field(default_factory=list)  # per reference; None: an array or COCO
 
     def __len__(self) -> int:
         return len(self.images)
@@ -203,6 +205,7 @@ class References:
         self.names.append(candidates[0])
         self.paths.append(path)
         self.store_names.append(candidates)
+        self.mask_paths.append(Path(m) if isinstance(m, (str, Path)) else None)
 
     def _finish(self, warn: Callable[[str], None]) -> None:
         from coordgan_cli.io.masks import IGNORE, check_mask_ids, default_labels

@@ -5,10 +5,13 @@ that could be read, plus the indices of those images (an unreadable file is repo
 out, not fatal, so one corrupt photo does not stop a run over a large folder). Images are read
 and described in batches, so memory is O(batch) for pixels and O(N·D) for the result.
 
-``inception``: the 2048-d pool features of the offline Inception-v3 that FID uses
-(``metrics.fid``), each image resized to the network's 299² input. ``structure``: the CoordGAN
-encoder's structure code w (``inference.CorrespondenceModel.structure_codes``), which ignores
-texture by construction and so groups images by pose/shape.
+``backbone``: the global descriptor of a pretrained backbone from the registry
+(``coordgan_cli.backbones``, the same names and weights files as the real-photo matchers; its
+deepest layer average-pooled, L2-normalised), each image resized to a square input first —
+299² for the default ``inception`` (the Inception-v3 that FID uses, so its 2048-d pool
+features), 224² for the others. ``structure``: the CoordGAN encoder's structure code w
+(``inference.CorrespondenceModel.structure_codes``), which ignores texture by construction and
+so groups images by pose/shape.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import torch
 
 from coordgan_cli.io.images import ImageReadError, read_image
 
-DESCRIPTORS = ("inception", "structure")
 BATCH = 16
+DEFAULT_BACKBONE = "inception"
+INPUT_SIZES = {"inception": 299}  # square side each image is resized to; others: DEFAULT_INPUT_SIZE
+DEFAULT_INPUT_SIZE = 224
 
 
 def _batches(paths: Sequence[Path], batch_size: int, size: Optional[int],
@@ -53,25 +58,39 @@ def _ignore(path: Path, reason: str) -> None:
     pass
 
 
-def inception_descriptors(paths: Sequence[Path], *, device: torch.device, batch_size: int = BATCH,
-                          on_batch: Optional[Callable[[int], None]] = None,
-                          on_skip: Callable[[Path, str], None] = _ignore) -> tuple[np.ndarray, list[int]]:
-    """Inception-v3 pool features: ((M, 2048) float32, indices into ``paths`` of the M images read).
+def backbone_descriptors(paths: Sequence[Path], backbone: str = DEFAULT_BACKBONE, weights: Optional[Path] = None, *,
+                         device: torch.device, batch_size: int = BATCH,
+                         on_batch: Optional[Callable[[int], None]] = None,
+                         on_skip: Callable[[Path, str], None] = _ignore) -> tuple[np.ndarray, list[int]]:
+    """A registry backbone's global descriptors: ((M, D) float32, indices into ``paths`` of the M images read).
 
-    ``on_batch(n)`` is called after each batch with the number of paths gone through so far;
-    ``on_skip(path, reason)`` for each unreadable image.
+    ``backbone`` / ``weights``: as ``load_backbone`` (a missing or wrong weights file is a
+    UserError before any image is read). ``on_batch(n)`` is called after each batch with the
+    number of paths gone through so far; ``on_skip(path, reason)`` for each unreadable image.
     """
-    from coordgan_cli.metrics.fid import FEATURE_DIM, INPUT_SIZE, inception_features, load_extractor
+    from coordgan_cli.backbones import load_backbone
 
-    model = load_extractor(device)
+    model = load_backbone(backbone, weights, device)
+    size = INPUT_SIZES.get(backbone, DEFAULT_INPUT_SIZE)
     rows: list[np.ndarray] = []
     kept: list[int] = []
-    for indices, images in _batches(paths, batch_size, INPUT_SIZE[0], on_skip):
-        rows.append(inception_features([np.stack(images)], model, device).astype(np.float32))
+    for indices, images in _batches(paths, batch_size, size, on_skip):
+        x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        rows.append(model.descriptor(x).float().cpu().numpy())
         kept.extend(indices)
         if on_batch is not None:
             on_batch(indices[-1] + 1)
-    return (np.concatenate(rows) if rows else np.zeros((0, FEATURE_DIM), np.float32)), kept
+    if rows:
+        return np.concatenate(rows), kept
+    return np.zeros((0, 0), np.float32), kept
+
+
+def inception_descriptors(paths: Sequence[Path], *, device: torch.device, batch_size: int = BATCH,
+                          on_batch: Optional[Callable[[int], None]] = None,
+                          on_skip: Callable[[Path, str], None] = _ignore) -> tuple[np.ndarray, list[int]]:
+    """``backbone_descriptors`` with the shipped Inception-v3: ((M, 2048) float32, indices read)."""
+    return backbone_descriptors(paths, "inception", device=device, batch_size=batch_size, on_batch=on_batch,
+                                on_skip=on_skip)
 
 
 def structure_descriptors(paths: Sequence[Path], ckpt: Path, *, device: torch.device, batch_size: int = BATCH,
