@@ -15,6 +15,8 @@ background ignored (``metrics.iou``):
 pixel. ``seconds_per_query`` times ``predict_proba`` on one 512² query with the 5 car
 references already fitted, with ``--threads`` torch threads (default 2). The sets are converted
 with ``scripts/convert_realdata.py`` into a temporary folder (never the repository).
+``--head RUN/latest.pt`` puts a projection head from ``coordgan train-matcher --data`` (adapted to
+unlabelled photos) on the hypercolumns of both matchers.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="cars,faces")
     p.add_argument("--backbone", default="inception")
     p.add_argument("--backbone-weights", default=None)
-    p.add_argument("--head", type=Path, default=None,
+    p.add_argument("--head", default=None,
                    help="projection head from `coordgan train-matcher --data` (RUN/latest.pt) on the hypercolumns")
     p.add_argument("--layers", default=None, help="comma-separated backbone layers")
     p.add_argument("--stride", type=int, default=None)
