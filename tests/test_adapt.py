@@ -253,3 +253,13 @@ def test_a_head_is_not_a_correlation_matcher(tmp_path, photos):
     with pytest.raises(UserError, match="trained on backbone inception"):
         make_matcher("features", matcher_ckpt=out / "latest.pt", layers=["conv_4"], work_size=96)
 
+
+
+def test_a_correlation_matcher_is_not_a_head(tmp_path):
+    from coordgan_cli.io.checkpoint import save_checkpoint
+
+    path = tmp_path / "matcher.pt"
+    save_checkpoint(path, {"kind": "matcher", "step": 1, "config": Recipe().to_json(),
+                           "networks": {"matcher": {"w": torch.zeros(2)}}})
+    with pytest.raises(UserError, match=f"{path}: not a projection head"):
+        load_head(path)
