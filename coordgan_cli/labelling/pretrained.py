@@ -27,8 +27,8 @@ def _encoder(backbone: str, backbone_weights: Optional[Path], device: Any, work_
     from coordgan_cli.backbones import load_backbone
     from coordgan_cli.correspondence.hypercolumns import HypercolumnEncoder
 
-    head = options.pop("matcher_ckpt", None) or options.pop("head", None)
-    options.pop("head", None)
+    ckpt, head = options.pop("matcher_ckpt", None), options.pop("head", None)
+    head = ckpt if ckpt is not None else head  # --matcher-ckpt, or the option head=
     work_size = DEFAULT_WORKING_SIZE if work_size is None else int(work_size)
     if work_size < 32:
         raise UserError(f"--work-size must be at least 32 px for a backbone, got {work_size}")
