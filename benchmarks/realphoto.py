@@ -15,6 +15,8 @@ background ignored (``metrics.iou``):
 pixel. ``seconds_per_query`` times ``predict_proba`` on one 512² query with the 5 car
 references already fitted, with ``--threads`` torch threads (default 2). The sets are converted
 with ``scripts/convert_realdata.py`` into a temporary folder (never the repository).
+``--head RUN/latest.pt`` puts a projection head from ``coordgan train-matcher --data`` (adapted to
+unlabelled photos) on the hypercolumns of both matchers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from coordgan_cli.backbones import load_backbone  # noqa: E402
 from coordgan_cli.correspondence.feature_matcher import FeatureVoteMatcher  # noqa: E402
 from coordgan_cli.correspondence.hypercolumns import HypercolumnEncoder, mirror_pairs  # noqa: E402
 from coordgan_cli.correspondence.pixel_classifier import PixelClassifierMatcher  # noqa: E402
+from coordgan_cli.correspondence.projection_head import HeadEncoder, load_head  # noqa: E402
 from coordgan_cli.data.folder import FolderDataset, read_folder_dataset  # noqa: E402
 from coordgan_cli.metrics.iou import IoUAccumulator  # noqa: E402
 
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="cars,faces")
     p.add_argument("--backbone", default="inception")
     p.add_argument("--backbone-weights", default=None)
+    p.add_argument("--head", default=None,
+                   help="projection head from `coordgan train-matcher --data` (RUN/latest.pt) on the hypercolumns")
     p.add_argument("--layers", default=None, help="comma-separated backbone layers")
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--working-size", type=int, default=512)
@@ -168,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     layers = args.layers.split(",") if args.layers else None
     backbone = load_backbone(args.backbone, args.backbone_weights, "cpu", layers=layers, stride=args.stride)
-    encoder = HypercolumnEncoder(backbone, args.working_size)
+    if args.head is None:
+        encoder = HypercolumnEncoder(backbone, args.working_size)
+    else:
+        encoder = HeadEncoder(backbone, args.working_size, *load_head(args.head), source=str(args.head))
     cars_train, cars_test = read_folder_dataset(sets["cars-train"]), read_folder_dataset(sets["cars-test"])
     faces = read_folder_dataset(sets["faces"])
 

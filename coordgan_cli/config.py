@@ -161,6 +161,13 @@ class MatcherConfig:
     max_dist: float = _f(1.0, "a positive's canonical coordinates may differ by at most this many map pixels", lo=0.0)
     background_negatives: int = _f(64, "background pixels of B added as extra negatives per pair", lo=0)
     jitter: float = _f(0.2, "random brightness/contrast jitter per training image (0 = off)", lo=0.0)
+    head_channels: int = _f(256, "train-matcher --data: width of the projection head on the backbone hypercolumns",
+                            lo=1)
+    adapt_size: int = _f(256, "train-matcher --data: side (px) of the square training views", lo=32)
+    warp: float = _f(0.15, "train-matcher --data: homography strength (corner shift, fraction of the half-side)",
+                     lo=0.0, hi=0.5)
+    elastic: float = _f(0.03, "train-matcher --data: elastic displacement (fraction of the half-side)", lo=0.0,
+                        hi=0.5)
 
 
 @dataclass(frozen=True)

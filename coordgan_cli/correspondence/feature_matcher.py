@@ -80,10 +80,12 @@ class FeatureVoteMatcher(MatcherBase):
 
     def settings(self) -> dict:
         """What the propagate resume key records."""
-        return {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
+        base = {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
                 "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size, "k": self.k,
                 "temperature": self.temperature, "position_weight": self.position_weight, "dims": self.dims,
                 "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine}
+        head = getattr(self.encoder, "head_source", None)  # a projection head (train-matcher --data)
+        return base | ({"head": head} if head else {})
 
     def _fitted(self):
         if not self.classes:

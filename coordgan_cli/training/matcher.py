@@ -82,6 +82,9 @@ def load_matcher(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     data = load_checkpoint(path)
     if data["kind"] != "matcher":
         raise UserError(f"{path}: a {data['kind']!r} checkpoint, not a matcher (train one with `coordgan train-matcher`)")
+    if "matcher" not in data["networks"] and "head" in data["networks"]:
+        raise UserError(f"{path}: a projection head (train-matcher --data) for the pretrained-feature matchers; "
+                        "use it with --matcher features --matcher-ckpt")
     recipe = recipe_from_json(data["config"], source=f"{path} (stored config)")
     matcher = build_matcher(recipe.matcher)
     load_state_strict(matcher, data["networks"]["matcher"], "matcher", path)
