@@ -82,7 +82,8 @@ def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
         return FeatureVoteMatcher(encoder, k=args.k, temperature=args.temperature,
                                   position_weight=args.position_weight, dims=args.fdims, flip_swap=flip,
                                   top_references=args.top_references, layout_grid=args.layout_grid,
-                                  refine=not args.no_refine)
+                                  refine=not args.no_refine, side=args.side,
+                                  background_weight=args.background_weight)
     return PixelClassifierMatcher(encoder, members=args.members, dims=args.dims, hidden=args.hidden, steps=args.steps,
                                   position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
                                   position_frequencies=args.position_frequencies, label_scale=args.label_scale,
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not also use mirrored references (left/right classes renamed)")
     p.add_argument("--top-references", type=int, default=0, help="features: vote over the M best-laid-out refs")
     p.add_argument("--layout-grid", type=int, default=4)
+    p.add_argument("--side", default="pooled", choices=("pooled", "view"),
+                   help="features: left/right side from the pooled vote, or one per-query view decision")
+    p.add_argument("--background-weight", type=float, default=1.0, help="features: background vote share × this")
     p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--dims", type=int, default=128)

@@ -248,3 +248,56 @@ def test_propagate_cli_runs_the_features_matcher_on_mixed_sizes(tmp_path):
                                    "--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"),
                                    "--queries", str(tmp_path / "q"), "--out", str(tmp_path / "out2")])
     assert bad.exit_code == 2 and "--work-size must be at least 32" in bad.output
+
+
+def _asymmetric_scene():
+    """A red "left_part" near the left edge and a green body part (unpaired) beside it."""
+    ref = np.full((96, 96, 3), GREY, np.uint8)
+    ref[24:72, 8:36] = RED
+    ref[30:66, 44:80] = (40, 200, 40)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[24:72, 8:36] = 1
+    mask[30:66, 44:80] = 3
+    return ref, mask
+
+
+def test_view_side_gives_a_mirrored_query_the_mirrored_names(encoder):
+    # Red looks the same locally as given and mirrored: the pooled vote mixes left and right.
+    ref, mask = _asymmetric_scene()
+    names = {0: "background", 1: "left_part", 2: "right_part", 3: "body"}
+    pooled = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0).fit_arrays([ref], [mask], names=names)
+    probs, _ = pooled.predict_proba(ref)
+    assert probs[pooled.classes.index(2), 30:66, 14:30].mean() > 0.1
+    view = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0, side="view").fit_arrays(
+        [ref], [mask], names=names)
+    assert view.classes == [0, 1, 2, 3] and view._pairs == [(1, 2)]
+    # The side is one decision per query: as given → left, mirrored → right, same part shape.
+    assert (labels_of(view, ref)[30:66, 14:30] == 1).mean() > 0.95
+    mirrored = labels_of(view, np.ascontiguousarray(ref[:, ::-1]))
+    assert (mirrored[30:66, 66:82] == 2).mean() > 0.95
+    assert (mirrored[36:60, 22:46] == 3).mean() > 0.95  # the unpaired part is untouched
+
+
+def test_assign_sides_keeps_the_pair_total_and_takes_the_split():
+    matcher = FeatureVoteMatcher.__new__(FeatureVoteMatcher)
+    matcher._pairs = [(1, 2)]
+    pooled = torch.tensor([[0.2, 0.5, 0.1, 0.2], [0.1, 0.0, 0.0, 0.9]])
+    sided = torch.tensor([[0.0, 0.1, 0.3, 0.6], [0.5, 0.0, 0.0, 0.5]])
+    out = matcher.assign_sides(pooled, sided)
+    # Row 0: the pair's 0.6 split 1:3 (up to the tiny smoothing); row 1: no side evidence → halves.
+    torch.testing.assert_close(out[0], torch.tensor([0.2, 0.15, 0.45, 0.2]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out[1], pooled[1])
+    torch.testing.assert_close(out.sum(dim=1), pooled.sum(dim=1))
+
+
+def test_background_weight_and_side_checks(encoder):
+    ref, mask = _asymmetric_scene()
+    plain = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0).fit_arrays([ref], [mask])
+    lean = FeatureVoteMatcher(encoder, k=8, position_weight=0.0, dims=0, background_weight=0.1).fit_arrays(
+        [ref], [mask])
+    p0, _ = plain.predict_proba(ref)
+    p1, _ = lean.predict_proba(ref)
+    assert (p1[0] < p0[0] - 1e-3).mean() > 0.01 and np.all(p1[0] <= p0[0] + 1e-5)
+    assert (labels_of(lean, ref) != 0).sum() >= (labels_of(plain, ref) != 0).sum()
+    with pytest.raises(ValueError, match="side must be"):
+        FeatureVoteMatcher(encoder, side="both")

@@ -7,6 +7,14 @@ cells (cosine) and averages their class shares with softmax(cos / temperature) w
 optional position term adds ``position_weight``·(x, y) to every vector, so that, on aligned
 data like faces, a match prefers the same place. The (K, h, w) probabilities are upsampled to
 the query's own size.
+
+Left/right parts look alike locally (a car's left door is a mirrored right door), so pooling the
+references with their mirrored copies mixes the sides. ``side="view"`` makes the side a separate,
+per-query decision: the pooled vote decides *what* a cell is with each left/right pair merged,
+and the side of every paired part comes from whichever half of the candidates — the references
+as given, or their mirrored copies — matches the query's cells better (mean similarity of the k
+best matches, weighted by how likely each cell is a part). A whole view is seen from one side,
+so this is one decision per query; the pairs are found from the names as for ``flip_swap``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,11 @@ class FeatureVoteMatcher(MatcherBase):
         refine: snap the upsampled probabilities to the query's edges (guided filter).
         dims: project hypercolumns onto their first ``dims`` principal components, fitted on the
             references (0 = keep all C): the similarity costs O(dims) instead of O(C) per pair.
+        side: "pooled" = every candidate votes for the side too; "view" = pairs merged for the
+            vote, the side per query from the better-matching half (as given / mirrored), see the
+            module doc. Only matters with mirrored references and left/right pairs.
+        background_weight: the vote share of class 0 (background) is multiplied by this before
+            the probabilities are normalised (< 1 = lean towards parts where the vote hesitates).
         chunk: query cells per similarity block (bounds memory to chunk × reference cells).
     """
 
@@ -52,7 +65,9 @@ class FeatureVoteMatcher(MatcherBase):
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
                  position_weight: float = 0.5, flip_swap: Optional[dict[int, int] | str] = "auto",
                  refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4,
-                 chunk: int = 1024) -> None:
+                 side: str = "pooled", background_weight: float = 1.0, chunk: int = 1024) -> None:
+        if side not in ("pooled", "view"):
+            raise ValueError(f"side must be 'pooled' or 'view', got {side!r}")
         self.encoder = encoder
         self.k = int(k)
         self.temperature = float(temperature)
@@ -62,6 +77,10 @@ class FeatureVoteMatcher(MatcherBase):
         self.dims = int(dims)
         self.top_references = int(top_references)
         self.layout_grid = int(layout_grid)
+        self.side = side
+        self.background_weight = float(background_weight)
+        self._pairs: list[tuple[int, int]] = []  # (index, index) of left/right classes in self.classes
+        self._mirrored: Optional[torch.Tensor] = None  # (N,) bool: key from a mirrored reference
         self._owner: Optional[torch.Tensor] = None
         self._layouts: Optional[torch.Tensor] = None
         self.chunk = int(chunk)
@@ -83,7 +102,8 @@ class FeatureVoteMatcher(MatcherBase):
         base = {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
                 "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size, "k": self.k,
                 "temperature": self.temperature, "position_weight": self.position_weight, "dims": self.dims,
-                "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine}
+                "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine,
+                "side": self.side, "background_weight": self.background_weight}
         head = getattr(self.encoder, "head_source", None)  # a projection head (train-matcher --data)
         return base | ({"head": head} if head else {})
 
@@ -107,12 +127,16 @@ class FeatureVoteMatcher(MatcherBase):
         swap = self.flip_swap
         if swap == "auto":
             swap = mirror_pairs(names) if names else None
+        originals = len(images)
         if swap is not None:
             images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
             masks = masks + [flip_mask(m, swap) for m in masks]
         if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
             classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
         self.classes = sorted(int(c) for c in classes)
+        index = {c: i for i, c in enumerate(self.classes)}
+        self._pairs = sorted({tuple(sorted((index[a], index[b]))) for a, b in (swap or {}).items()
+                              if a != b and a in index and b in index})
         encoded = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
@@ -129,6 +153,7 @@ class FeatureVoteMatcher(MatcherBase):
             owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
         self._keys = torch.cat(keys, dim=1)  # (D, N)
         self._owner = torch.cat(owner).to(self._keys.device)  # (N,) reference index of each key
+        self._mirrored = self._owner >= originals
         self._layouts = torch.stack(layouts)  # (R, L)
         self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
         return self
@@ -151,14 +176,15 @@ class FeatureVoteMatcher(MatcherBase):
         pooled = F.adaptive_avg_pool2d(appearance[None], self.layout_grid)[0]
         return F.normalize(pooled.reshape(-1), dim=0)
 
-    def candidate_keys(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys (D, N'), values (N', K)) a query (D, h, w) is matched against: all references'
-        cells, or those of the ``top_references`` with the most similar layout."""
+    def candidate_keys(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys (D, N'), values (N', K), mirrored (N',) bool) a query (D, h, w) is matched
+        against: all references' cells, or those of the ``top_references`` with the most similar
+        layout."""
         if self.top_references <= 0 or self.top_references >= len(self._layouts):
-            return self._keys, self._values
+            return self._keys, self._values, self._mirrored
         chosen = torch.topk(self._layouts @ self._layout_of(q), self.top_references).indices
         keep = torch.isin(self._owner, chosen)
-        return self._keys[:, keep], self._values[keep]
+        return self._keys[:, keep], self._values[keep], self._mirrored[keep]
 
     def predict_grid(self, image: np.ndarray) -> np.ndarray:
         """(K, h, w) float32 class probabilities on the working grid."""
@@ -166,17 +192,53 @@ class FeatureVoteMatcher(MatcherBase):
             raise RuntimeError("call fit_arrays (or fit) before predicting")
         q = self._keys_of(self.encoder.encode([check_image(image)])[0])
         d, h, w = q.shape
-        keys, values = self.candidate_keys(q)
+        keys, values, mirrored = self.candidate_keys(q)
         q = q.reshape(d, -1).t()
-        k = min(self.k, keys.shape[1])
-        out = torch.empty(q.shape[0], len(self.classes), device=q.device)
-        for s in range(0, q.shape[0], self.chunk):
-            sim = q[s:s + self.chunk] @ keys  # (n, N)
-            top, idx = torch.topk(sim, k, dim=1)
-            weights = torch.softmax(top / self.temperature, dim=1)
-            out[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, values[idx])
+        halves = (~mirrored, mirrored)
+        by_view = self.side == "view" and bool(self._pairs) and all(bool(m.any()) for m in halves)
+        if by_view:
+            # Keys from mirrored references come last: one similarity block, three top-k's.
+            out, given, mirror = self._vote(q, keys, values, split=int((~mirrored).sum()))
+            # The side: the half (as given / mirrored) whose best matches are closer, over part cells.
+            part = 1.0 - out[:, self.classes.index(0)] if 0 in self.classes else torch.ones_like(out[:, 0])
+            fit = [float((part * sim).sum()) for _, sim in (given, mirror)]
+            out = self.assign_sides(out, (mirror if fit[1] > fit[0] else given)[0])
+        else:
+            out = self._vote(q, keys, values)
+        if self.background_weight != 1.0 and 0 in self.classes:
+            out[:, self.classes.index(0)] *= self.background_weight
         out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
         return out.t().reshape(len(self.classes), h, w).cpu().numpy().astype(np.float32)
+
+    def _vote(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, split: Optional[int] = None):
+        """(n, K) normalised soft kNN vote of query cells (n, D) over keys (D, N). With ``split``,
+        also the votes over keys[:, :split] and keys[:, split:] apart, each as (vote (n, K),
+        (n,) mean cosine of each cell's k best matches)."""
+        parts = [(0, keys.shape[1])] + ([] if split is None else [(0, split), (split, keys.shape[1])])
+        votes = [torch.empty(q.shape[0], values.shape[1], device=q.device) for _ in parts]
+        sims = [torch.empty(q.shape[0], device=q.device) for _ in parts]
+        for s in range(0, q.shape[0], self.chunk):
+            block = q[s:s + self.chunk] @ keys  # (n, N)
+            for (lo, hi), vote, sim in zip(parts, votes, sims):
+                top, idx = torch.topk(block[:, lo:hi], min(self.k, hi - lo), dim=1)
+                weights = torch.softmax(top / self.temperature, dim=1)
+                vote[s:s + self.chunk] = torch.einsum("nk,nkc->nc", weights, values[lo:hi][idx])
+                sim[s:s + self.chunk] = top.mean(dim=1)
+        votes = [v / v.sum(dim=1, keepdim=True).clamp_min(1e-8) for v in votes]
+        if split is None:
+            return votes[0]
+        return votes[0], (votes[1], sims[1]), (votes[2], sims[2])
+
+    def assign_sides(self, pooled: torch.Tensor, sided: torch.Tensor) -> torch.Tensor:
+        """(n, K) pooled vote with each left/right pair's total share split as in ``sided`` (n, K).
+
+        Where ``sided`` has no share of either, the pair's share is halved."""
+        out = pooled.clone()
+        for a, b in self._pairs:
+            total = pooled[:, a] + pooled[:, b]
+            ratio = (sided[:, a] + 1e-4) / (sided[:, a] + sided[:, b] + 2e-4)
+            out[:, a], out[:, b] = total * ratio, total * (1 - ratio)
+        return out
 
     def predict_proba(self, image: np.ndarray, *, name: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
         """(probs (K, H, W) float32 over ``self.classes``, confidence (H, W) float32) at the image's size."""
