@@ -51,6 +51,8 @@ class ModelConfig:
     highres_channels: list[int] = _f([], "channels of the upsampling blocks appended for >coord_size output")
     warp_skip: bool = _f(True, "add the canonical coordinate to the warp MLP's output before tanh, so an "
                          "untrained map starts near the identity")
+    warp_code_gain: float = _f(1.0, "initial scale of the structure code's weights in the warp MLP's first layer "
+                               "(larger: maps of different codes start further apart; initialisation only)", lo=0.0)
     noise: Literal["random", "const", "none"] = _f("random", "noise injection: random, const (deterministic) or none")
     backward_mlp: bool = _f(False, "train the backward MLP of CoordGAN-B")
     d_channel_multiplier: int = _f(2, "channel multiplier of the StyleGAN2 image discriminator", lo=1)

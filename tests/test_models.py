@@ -293,6 +293,32 @@ def test_warp_skip_starts_near_identity_and_plain_mlp_does_not() -> None:
     assert count_parameters(CoordinateWarp(64, 64, 3, skip=True)) == count_parameters(CoordinateWarp(64, 64, 3))
 
 
+def test_warp_code_gain_field_spreads_the_untrained_maps_of_different_codes(tiny: ModelConfig) -> None:
+    """``model.warp_code_gain`` scales the structure code's first-layer weights of the warp MLP at
+    initialisation only: 1 leaves the old initialisation bit for bit; larger gains start the maps
+    of different structure codes further apart (roughly in proportion), still near the grid."""
+    z = torch.randn(6, tiny.latent_dim, generator=torch.Generator().manual_seed(3))
+
+    def untrained(gain: float) -> tuple[Generator, float]:
+        torch.manual_seed(0)
+        g = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True, warp_code_gain=gain)))
+        with torch.no_grad():
+            maps = g.correspondence(g.map_structure(z))
+        return g, float((maps - maps.mean(0)).norm(dim=1).mean() * (maps.shape[-1] - 1) / 2)
+
+    torch.manual_seed(0)
+    before = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True)))
+    g1, px1 = untrained(1.0)
+    assert torch.equal(g1.warp.mlp.first.weight, before.warp.mlp.first.weight)
+    g3, px3 = untrained(3.0)
+    assert torch.equal(g3.warp.mlp.first.weight[:, 2:], 3.0 * g1.warp.mlp.first.weight[:, 2:])
+    assert torch.equal(g3.warp.mlp.first.weight[:, :2], g1.warp.mlp.first.weight[:, :2])
+    assert 2.0 < px3 / px1 < 4.0
+    _, px0 = untrained(0.0)
+    assert px0 < 1e-5  # no code input at all: every code draws the same map
+    assert load_recipe(RECIPES / "synthetic-64.toml").model.warp_code_gain > 1.0
+
+
 def test_encoder_size_field_sets_the_encoder_input(tiny: ModelConfig) -> None:
     from coordgan_cli.models import encoder_kwargs
 

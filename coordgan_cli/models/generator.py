@@ -139,14 +139,16 @@ class Generator(nn.Module):
     network, ``warp_hidden`` / ``warp_layers`` of the warping MLP, ``pe_channels`` Fourier
     features, ``channels`` / ``synthesis_layers`` of the modulated convs, ``highres_channels`` of
     the upsampling blocks (size = coord_size · 2^len), ``noise`` mode, ``backward_mlp``, ``warp_skip``
-    (the warping MLP starts near the identity map; see ``CoordinateWarp``).
+    (the warping MLP starts near the identity map; see ``CoordinateWarp``), ``warp_code_gain`` (initial
+    scale of the structure code in the warping MLP: how far apart untrained maps of different codes are).
     """
 
     def __init__(self, size: int = 128, coord_size: int = 128, latent_dim: int = 512, mapping_layers: int = 8,
                  mapping_lr_mul: float = 0.01, warp_hidden: int = 512, warp_layers: int = 3,
                  pe_channels: int = 512, channels: int = 512, synthesis_layers: int = 10,
                  highres_channels: Sequence[int] = (), noise: NoiseMode = "random",
-                 backward_mlp: bool = False, warp_skip: bool = False) -> None:
+                 backward_mlp: bool = False, warp_skip: bool = False,
+                 warp_code_gain: float = 1.0) -> None:
         super().__init__()
         if size != coord_size * 2 ** len(highres_channels):
             raise ValueError(f"size {size} != coord_size {coord_size} * 2^{len(highres_channels)}")
@@ -158,7 +160,7 @@ class Generator(nn.Module):
         self.noise_mode: str = noise
         self.mapping_structure = MappingNetwork(latent_dim, mapping_layers, mapping_lr_mul)
         self.mapping_texture = MappingNetwork(latent_dim, mapping_layers, mapping_lr_mul)
-        self.warp = CoordinateWarp(latent_dim, warp_hidden, warp_layers, skip=warp_skip)
+        self.warp = CoordinateWarp(latent_dim, warp_hidden, warp_layers, skip=warp_skip, code_gain=warp_code_gain)
         self.synthesis = SynthesisNetwork(coord_size, latent_dim, pe_channels, channels, synthesis_layers,
                                           highres_channels)
         self.backward_mlp = BackwardMLP(latent_dim, warp_hidden, warp_layers) if backward_mlp else None

@@ -148,17 +148,23 @@ class CoordinateWarp(nn.Module):
     own atanh(0.9·p) is added before the tanh (and the last bias starts at zero), so an untrained network already draws a smooth map close to the canonical grid — not,
     as a plain MLP of a random code does, nearly one point per image.
 
+    ``code_gain`` multiplies the structure code's weights of the first layer at initialisation
+    (only): maps of different codes start that much further apart.
+
     ``forward(w_structure (B, D), size=int|(H, W)) -> (B, 2, H, W)`` in [-1, 1] (tanh output):
     for each canonical grid position, the canonical coordinate of the semantic point drawn there.
     ``warp_points(w (B, D), points (N, 2)) -> (B, N, 2)`` evaluates arbitrary positions.
     """
 
-    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3, skip: bool = False) -> None:
+    def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3, skip: bool = False,
+                 code_gain: float = 1.0) -> None:
         super().__init__()
         self.mlp = PointMLP(latent_dim, hidden, n_layers, skip=skip)
-        if skip:
-            with torch.no_grad():
+        with torch.no_grad():
+            if skip:
                 self.mlp.last.bias.zero_()
+            # code_gain scales how much the untrained map depends on the structure code.
+            self.mlp.first.weight[:, 2:].mul_(code_gain)
 
     def warp_points(self, w_structure: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.mlp(points, w_structure)
