@@ -163,6 +163,39 @@ def test_unreadable_image_is_skipped_and_listed(folder: Path, tmp_path: Path) ->
     assert sorted(_kind(p["path"]) for p in summary["picks"]) == [0, 1, 2]
 
 
+def test_suggest_images_core_matches_the_command_and_reports_progress(folder: Path, tmp_path: Path) -> None:
+    """``selection.run.suggest_images`` is the command's work: same picks and files, its describing
+    step reported through ``describe_progress``, an unreadable image through ``on_skip`` (and the
+    command prints it as a warning on stderr)."""
+    import shutil
+    from contextlib import contextmanager
+
+    from coordgan_cli.selection.run import suggest_images
+
+    copy = tmp_path / "pool"
+    shutil.copytree(folder, copy)
+    (copy / "broken.png").write_bytes(b"not a png at all")
+    seen: dict[str, list] = {"total": [], "done": [], "skipped": []}
+
+    @contextmanager
+    def describing(total: int):
+        seen["total"].append(total)
+        yield seen["done"].append
+
+    core = suggest_images(str(copy), k=3, out=tmp_path / "core", device=torch.device("cpu"), batch_size=4,
+                          describe_progress=describing, on_skip=seen["skipped"].append)
+    assert seen["total"] == [10] and seen["done"][-1] == 10 and seen["done"] == sorted(seen["done"])
+    assert [Path(s["path"]).name for s in seen["skipped"]] == ["broken.png"] and seen["skipped"] == core["skipped"]
+    assert json.loads((tmp_path / "core" / "suggested.json").read_text()) == core
+    result = CliRunner().invoke(app, ["--quiet", "--device", "cpu", "suggest", str(copy), "--k", "3", "--batch-size",
+                                      "4", "--out", str(tmp_path / "cli"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "broken.png" in result.stderr
+    cli = json.loads(result.stdout)
+    assert [p["path"] for p in cli["picks"]] == [p["path"] for p in core["picks"]]
+    assert (tmp_path / "cli" / "suggested.txt").read_text() == (tmp_path / "core" / "suggested.txt").read_text()
+
+
 def test_structure_descriptors_are_the_encoders_codes(folder: Path, tmp_path: Path) -> None:
     from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint
 

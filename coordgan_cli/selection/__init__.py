@@ -1,1 +1,3 @@
-"""Choosing which images to annotate: global descriptors (``descriptors``) and selection over them (``select``)."""
+"""Choosing which images to annotate: global descriptors (``descriptors``), selection over them
+(``select``), reading a propagate output folder (``runs``) and the whole ``coordgan suggest`` as a
+function (``run.suggest_images``)."""
