@@ -102,7 +102,8 @@ def evaluate(
     batch: int = typer.Option(16, "--batch", help="Batch size for generation, FID and reconstruction."),
     matchers: Optional[str] = typer.Option(None, "--matchers", help="Matcher columns: NAME,NAME,… of registered "
                                            "matchers (default: coordinates, correlation, ensemble, and any other "
-                                           "registered matcher these inputs can run)."),
+                                           "registered matcher these inputs can run; on --dataset folder also "
+                                           "features and classifier)."),
 ) -> None:
     """Score label propagation on a benchmark — every matcher (coordinates, correlation, ensemble;
     on a labelled folder of photos also features and classifier) beside the identity and cosine-NN
