@@ -192,6 +192,34 @@ def _evaluate(fx: Fx, tmp: Path, *extra: str, root: Path | None = None, store: P
     return [*args, *([] if correlation else ["--no-correlation"]), *extra]
 
 
+def _photos(tmp: Path, broken: str = "") -> Path:
+    """A labelled folder of 3 small JPEGs (images/, masks/, labels.json) with one thing broken:
+    ``no-masks``, ``no-labels``, ``mask-size`` (a mask of another size) or ``mask-missing``."""
+    from PIL import Image
+
+    root = tmp / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "labels.json").write_text('{"0": "background", "1": "hood"}')
+    for i, (h, w) in enumerate(((24, 32), (30, 20), (28, 28))):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        mask = np.zeros((h, w) if not (broken == "mask-size" and i == 1) else (h + 2, w), np.uint8)
+        mask[: h // 2] = 1
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"p{i}.png")
+    if broken == "no-masks":
+        shutil.rmtree(root / "masks")
+    elif broken == "no-labels":
+        (root / "labels.json").unlink()
+    elif broken == "mask-missing":
+        (root / "masks" / "p2.png").unlink()
+    return root
+
+
+def _evaluate_photos(tmp: Path, broken: str = "", *extra: str) -> list[str]:
+    return ["evaluate", "--dataset", "folder", "--root", str(_photos(tmp, broken)), "--num-refs", "1",
+            "--matchers", "features", *extra]
+
+
 def _demo(fx: Fx, tmp: Path, out: Path, *extra: str) -> list[str]:
     return ["demo", str(out), "--count", "1", "--size", "16", "--matcher", "correlation", *extra]
 
@@ -402,6 +430,19 @@ CASES: list[tuple[str, Args, object]] = [
     ("evaluate-bad-dataset", lambda fx, t: ["evaluate", "--dataset", "pets", "--root", str(fx.store.parent)],
      "--dataset"),
     ("evaluate-bad-device", lambda fx, t: ["--device", "tpu", *_evaluate(fx, t)], "--device"),
+    ("evaluate-folder-no-masks", lambda fx, t: _evaluate_photos(t, "no-masks"),
+     lambda fx, t: f"{t / 'photos' / 'masks'}: missing; a labelled folder has images/, masks/ and labels.json"),
+    ("evaluate-folder-no-labels-json", lambda fx, t: _evaluate_photos(t, "no-labels"),
+     lambda fx, t: f"{t / 'photos' / 'labels.json'}: missing"),
+    ("evaluate-folder-mask-of-another-size", lambda fx, t: _evaluate_photos(t, "mask-size"),
+     lambda fx, t: f"{t / 'photos' / 'masks' / 'p1.png'}: mask is 20×32 but its image p1.jpg is 20×30"),
+    ("evaluate-folder-mask-missing", lambda fx, t: _evaluate_photos(t, "mask-missing"),
+     lambda fx, t: f"{t / 'photos' / 'masks' / 'p2.png'}: mask missing for image images/p2.jpg"),
+    ("evaluate-folder-backbone-weights-missing", lambda fx, t: _evaluate_photos(
+        t, "", "--backbone", "resnet50", "--backbone-weights", str(t / "r50.pth")),
+     lambda fx, t: f"{t / 'r50.pth'}: backbone weights file not found; place the resnet50 weights there"),
+    ("evaluate-folder-ref-root-missing", lambda fx, t: _evaluate_photos(t, "", "--ref-root", str(t / "train")),
+     lambda fx, t: f"--ref-root {t / 'train'}: folder not found"),
     # --- demo ----------------------------------------------------------------------------------
     ("demo-out-is-a-file", lambda fx, t: _demo(fx, t, fx.afile), lambda fx, t: str(fx.afile)),
     ("demo-out-under-a-file", lambda fx, t: _demo(fx, t, fx.afile / "demo"), lambda fx, t: str(fx.afile)),

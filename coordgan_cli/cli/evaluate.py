@@ -13,6 +13,7 @@ import typer
 
 from coordgan_cli.cli._common import get_state, info, make_progress, print_json
 from coordgan_cli.data.benchmarks import available_datasets
+from coordgan_cli.errors import UserError
 from coordgan_cli.metrics.protocol import PAPER_TAU
 
 
@@ -53,12 +54,26 @@ def evaluate(
     model_name: Optional[str] = typer.Option(None, "--model", help="A shipped CoordGAN model by name (see `coordgan "
                                              "models`) in place of --ckpt. With neither --ckpt nor --store, the "
                                              "shipped default model is used."),
-    protocol: str = typer.Option("paper", "--protocol", help="paper (128², per-reference, as published) | fullres (ours)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (128², per-reference, as published) | "
+                                           "fullres (native size, references fused). Default: fullres on "
+                                           "--dataset folder, else paper."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.{json,csv,md} and per_class_iou.png "
                                        "here (checked before any work)."),
     refs: Optional[str] = typer.Option(None, "--refs", help="Override the references: NAME,NAME,… (path, file name or stem)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Use only the first N non-reference images as queries."),
+    num_refs: Optional[int] = typer.Option(None, "--num-refs", help="--dataset folder: the first K images by name "
+                                           "are the references (default 5; --refs names them instead)."),
+    ref_root: Optional[Path] = typer.Option(None, "--ref-root", help="--dataset folder: take the references from "
+                                            "this other labelled folder (same labels.json), e.g. a train split; "
+                                            "every image of --root is then a query."),
+    leave_one_out: bool = typer.Option(False, "--leave-one-out", help="--dataset folder: label every image from "
+                                       "all the others (small sets); scored as one query set."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone of the features / classifier "
+                                           "columns and the photos' cosine-NN: inception (ships, default) | "
+                                           "resnet18/34/50/101 | dinov2-… (with --backbone-weights)."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Weights file of --backbone "
+                                                    "(a state dict you downloaded; nothing downloads)."),
     vote: Optional[str] = typer.Option(None, "--vote", help="Coordinate vote: soft (softmax vote, as in the paper; "
                                        "default) | hard (nearest coordinate)."),
     legacy_matcher: Optional[str] = typer.Option(None, "--matcher", hidden=True,
@@ -87,23 +102,33 @@ def evaluate(
     batch: int = typer.Option(16, "--batch", help="Batch size for generation, FID and reconstruction."),
     matchers: Optional[str] = typer.Option(None, "--matchers", help="Matcher columns: NAME,NAME,… of registered "
                                            "matchers (default: coordinates, correlation, ensemble, and any other "
-                                           "registered matcher these inputs can run)."),
+                                           "registered matcher these inputs can run; on --dataset folder also "
+                                           "features and classifier)."),
 ) -> None:
-    """Score label propagation on a benchmark — every matcher (coordinates, correlation, ensemble)
-    beside the identity and cosine-NN baselines — plus FID, swap disentanglement and encoder
-    reconstruction for a model."""
+    """Score label propagation on a benchmark — every matcher (coordinates, correlation, ensemble;
+    on a labelled folder of photos also features and classifier) beside the identity and cosine-NN
+    baselines — plus FID, swap disentanglement and encoder reconstruction for a model."""
     from coordgan_cli.evaluation.core import EvaluationRequest, evaluate_benchmark, resolve_model_option, resolve_vote
     from coordgan_cli.evaluation.report import render_table, summary_lines, write_outputs
     from coordgan_cli.io.paths import output_folder, removed_on_failure
 
     state = get_state(ctx)
+    folder_options = {"num_refs": num_refs, "ref_root": ref_root, "leave_one_out": leave_one_out or None}
+    given = [f"--{k.replace('_', '-')}" for k, v in folder_options.items() if v is not None]
+    if given and dataset != "folder":
+        raise UserError(f"{', '.join(given)}: only for --dataset folder")
     request = EvaluationRequest(
         dataset, root, store=store, protocol=protocol, refs=_names(refs), queries=queries,
+        dataset_options={k: v for k, v in folder_options.items() if v is not None},
+        backbone=backbone, backbone_weights=backbone_weights,
         vote=resolve_vote(vote, legacy_matcher), tau=tau, matchers=_names(matchers), matcher_ckpt=matcher_ckpt,
         no_correlation=no_correlation, work_size=work_size, fid_real=fid_real, fid_samples=fid_samples, fid_cache=fid_cache,
         perceptual=perceptual, swap_pairs=swap_pairs, recon_images=recon_images, batch=batch, seed=state.seed)
     request.check_choices()
-    request.ckpt = resolve_model_option(ckpt, model_name, store, lambda m: info(m, state))
+    if request.photos and ckpt is None and model_name is None:
+        request.ckpt = None  # photos: no default CoordGAN model; the coordinates column says what it needs
+    else:
+        request.ckpt = resolve_model_option(ckpt, model_name, store, lambda m: info(m, state))
     # --out is checked before the (long) work; a folder made for it goes again if the run fails.
     cleanup = removed_on_failure(out, lambda: (out / "results.json").is_file()) if out is not None else nullcontext()
     with cleanup:

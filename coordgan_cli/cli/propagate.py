@@ -46,7 +46,16 @@ def propagate(
                                                  "transfer them to every query (OUT/keypoints.json)."),
     matcher: str = typer.Option("coordinates", "--matcher", help="coordinates (vote in canonical-coordinate space; "
                                 "needs maps) | correlation (a trained feature matcher's CoCosNet correlation; no "
-                                "maps) | ensemble (average of both votes' class probabilities)."),
+                                "maps) | ensemble (average of both votes' class probabilities) | features (kNN vote "
+                                "on a pretrained backbone's features; photos) | classifier (small MLPs trained on "
+                                "the references' backbone features) | auto: coordinates when maps are given "
+                                "(--store/--ckpt/--model), correlation when --matcher-ckpt is, else features "
+                                "(the best on real photos); the choice is printed."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone of --matcher features/classifier: "
+                                           "inception (ships, default) | resnet18/34/50/101 | dinov2-vits14/vitb14 "
+                                           "(these need --backbone-weights)."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Weights file for --backbone "
+                                                    "(a state dict you downloaded; nothing downloads)."),
     matcher_ckpt: Optional[Path] = typer.Option(None, "--matcher-ckpt", help="Feature matcher checkpoint (the "
                                                 "latest.pt of `coordgan train-matcher`) for --matcher correlation/"
                                                 "ensemble; its recipe's tau, k and patch drive the correlation."),
@@ -64,7 +73,8 @@ def propagate(
         state, ref=ref, mask=mask, queries=queries, out=out, ckpt=ckpt, model=model, store=store, refs=refs,
         ref_coco=ref_coco, labels_path=labels_path, mode=mode, tau=tau, min_confidence=min_confidence,
         resize_mask=resize_mask, polygons=polygons, ref_keypoints=ref_keypoints, matcher=matcher,
-        matcher_ckpt=matcher_ckpt, report_limit=report_limit, work_size=work_size)
+        matcher_ckpt=matcher_ckpt, report_limit=report_limit, work_size=work_size, backbone=backbone,
+        backbone_weights=backbone_weights)
     if json_out:
         print_json(summary)
         return
@@ -87,7 +97,8 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
                   resize_mask: bool = False, matcher: str = "coordinates", ckpt: Optional[Path] = None,
                   model: Optional[str] = None, store: Optional[Path] = None, matcher_ckpt: Optional[Path] = None,
                   mode: str = "soft", tau: Optional[float] = None, ref_keypoints: Optional[Path] = None,
-                  work_size: Optional[int] = None, **options: Any) -> dict[str, Any]:
+                  work_size: Optional[int] = None, backbone: Optional[str] = None,
+                  backbone_weights: Optional[Path] = None, **options: Any) -> dict[str, Any]:
     """``coordgan propagate`` with its options as keywords: checks, references, matcher, one
     ``label_folder`` call; returns the JSON summary (options: min_confidence, polygons, report_limit).
     A new ``out`` folder is removed again when the run fails before any query is labelled."""
@@ -104,7 +115,11 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
         raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     if options.get("report_limit", 0) < 0:
         raise UserError(f"--report-limit must be 0 (no picture rows) or more, got {options['report_limit']}")
+    if matcher == "auto":
+        matcher, why = auto_matcher(store, ckpt, model, matcher_ckpt)
+        info(f"--matcher auto: {matcher} ({why})", state)
     _check_matcher_options(matcher, matcher_ckpt, store, ckpt, mode, ref_keypoints, model)
+    _check_backbone_options(matcher, backbone, backbone_weights)
     if work_size is not None and matcher == "coordinates":
         raise UserError("--work-size sets the feature matcher's resolution: use it with --matcher correlation or ensemble")
     device = state.torch_device()  # resolved (or refused) before any work, whatever uses it
@@ -132,7 +147,8 @@ def run_propagate(state: AppState, *, queries: str, out: Path, ref: list[Path] =
                  "ensemble": dict(store=store, ckpt=ckpt, matcher_ckpt=matcher_ckpt, device=device, mode=mode,
                                   tau=tau, work_size=work_size)}
         # A registered matcher of another name gets the device and, when given, --matcher-ckpt and --work-size.
-        given = {"matcher_ckpt": matcher_ckpt, "work_size": work_size}
+        given = {"matcher_ckpt": matcher_ckpt, "work_size": work_size, "backbone": backbone,
+                 "backbone_weights": backbone_weights}
         other = dict(device=device, **{k: v for k, v in given.items() if v is not None})
         summary = label_folder(references, query_list, out, make_matcher(matcher, **found.get(matcher, other)),
                                keypoints=ref_keypoints, settings={"mode": mode, "tau": tau},
@@ -200,6 +216,36 @@ def _resolve_map_model(ckpt: Optional[Path], model: Optional[str], state: AppSta
             info(f"maps from the shipped model {path.stem!r} ({path}); --ckpt or --model chooses another", state)
         return path
     return resolve_model(ckpt, model)
+
+
+BACKBONE_MATCHERS = ("features", "classifier")
+
+
+def auto_matcher(store: Optional[Path], ckpt: Optional[Path], model: Optional[str],
+                 matcher_ckpt: Optional[Path]) -> tuple[str, str]:
+    """``--matcher auto``: (matcher, why). CoordGAN maps given → coordinates (plus --matcher-ckpt →
+    ensemble); only a feature matcher checkpoint → correlation; nothing → features, the best
+    measured on real photos (README "Real photos") and needing nothing but the shipped Inception."""
+    maps = next((f"--{k}" for k, v in (("store", store), ("ckpt", ckpt), ("model", model)) if v is not None), None)
+    if maps and matcher_ckpt is not None:
+        return "ensemble", f"{maps} gives CoordGAN maps and --matcher-ckpt a feature matcher"
+    if maps:
+        return "coordinates", f"{maps} gives CoordGAN maps"
+    if matcher_ckpt is not None:
+        return "correlation", "--matcher-ckpt gives a trained feature matcher and no maps are given"
+    return "features", ("no CoordGAN maps or matcher given: the pretrained-backbone vote, the best on real photos; "
+                        "--matcher classifier is the other photo matcher")
+
+
+def _check_backbone_options(matcher: str, backbone: Optional[str], backbone_weights: Optional[Path]) -> None:
+    if (backbone is not None or backbone_weights is not None) and matcher in ("coordinates", "correlation",
+                                                                                "ensemble"):
+        raise UserError(f"--backbone/--backbone-weights choose the backbone of --matcher features or classifier, "
+                        f"not {matcher}")
+    if backbone_weights is not None and not Path(backbone_weights).is_file():
+        name = backbone or "backbone"
+        raise UserError(f"{backbone_weights}: backbone weights file not found; place the {name} weights there "
+                        "(a state dict you downloaded; see README \"Real photos\")")
 
 
 def _check_matcher_options(matcher: str, matcher_ckpt: Optional[Path], store: Optional[Path], ckpt: Optional[Path],

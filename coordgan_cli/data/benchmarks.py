@@ -25,6 +25,17 @@ Parts are merged to 7 classes — 0 background, 1 mouth (mouth, u_lip, l_lip), 2
 r_eye), 3 brow, 4 ear (l_ear, r_ear), 5 nose, 6 skin — painted in the order skin, lips, eyes,
 brows, ears, nose, mouth (skin first, so every other part sits on top of it).
 
+``folder`` — any labelled folder of photos (``data.folder``; ``scripts/convert_realdata.py``
+writes the shared real sets this way)::
+
+    ROOT/images/<name>.<jpg|png|…>   any size    ROOT/masks/<name>.png (or .npy), same H×W
+    ROOT/labels.json                 id → name (and colour)
+
+References: ``--refs`` by name, else the first ``num_refs`` (default 5) names; from another
+labelled folder with ``ref_root`` (e.g. a train split, the queries being ROOT, the test split);
+``leave_one_out``: every image labelled from all the others. Scored over the classes present in
+the queries' ground truth (``Benchmark.present_only``).
+
 ``synthetic`` — ``coordgan synth`` output::
 
     ROOT/images/NNNNNN.png   ROOT/masks/NNNNNN.png   ROOT/labels.json
@@ -124,6 +135,12 @@ class Benchmark:
     keypoints_path: Optional[Path] = None
     truth_store_path: Optional[Path] = None
     colours: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # The mean over the classes present in the queries' ground truth (issue 18's protocol for
+    # labelled folders) instead of every class 1..C-1 (the paper's).
+    present_only: bool = False
+    # Leave-one-out and the like: (references, queries) runs scored as one query set (ΣI/ΣU
+    # over all of them); None = one run, ``references`` → ``queries``.
+    folds: Optional[list[tuple[list[Sample], list[Sample]]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -530,3 +547,100 @@ register_dataset("dgan-face", lambda root, **kw: _load_dgan_layout(root, dataset
 register_dataset("dgan-car", lambda root, **kw: _load_dgan_layout(root, dataset="dgan-car", **kw))
 register_dataset("celebamask-hq", _load_celeba)
 register_dataset("synthetic", _load_synthetic)
+register_dataset("folder", lambda root, **kw: _load_folder(root, **kw))
+
+
+def _folder_samples(root: Path) -> tuple[Any, list[Sample]]:
+    """(LabelSet, samples sorted by name) of a labelled folder, every mask checked to have its
+    image's size (headers only; ids are checked when read)."""
+    from coordgan_cli.data.folder import read_folder_dataset
+    from coordgan_cli.io.images import image_size
+
+    data = read_folder_dataset(root)
+    samples = []
+    for image, mask in zip(data.image_paths, data.mask_paths):
+        size = image_size(image)
+        mask_size = _mask_size(mask)
+        if tuple(mask_size) != tuple(size):
+            raise UserError(f"{mask}: mask is {mask_size[1]}×{mask_size[0]} but its image {image.name} is "
+                            f"{size[1]}×{size[0]}; masks must match their images")
+        name = image.relative_to(root / "images").as_posix()
+        samples.append(Sample(name=name, image=image, mask=mask, keys=(name, f"images/{name}", image.stem)))
+    return data.labels, samples
+
+
+def _mask_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a mask file from its header."""
+    if path.suffix.lower() == ".npy":
+        try:
+            return tuple(np.load(path, mmap_mode="r").shape[:2])  # type: ignore[return-value]
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read mask ({exc})") from exc
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read mask ({exc})") from exc
+
+
+def _load_folder(root: Path, *, refs: Optional[Sequence[str]], queries: Optional[int],
+                 num_refs: Optional[int] = None, ref_root: Optional[Path] = None,
+                 leave_one_out: bool = False) -> Benchmark:
+    """A labelled folder (module docstring, ``folder``)."""
+    labels, ordered = _folder_samples(root)
+    if num_refs is not None and num_refs < 1:
+        raise UserError(f"--num-refs must be at least 1, got {num_refs}")
+    if leave_one_out:
+        if refs or ref_root is not None or num_refs is not None:
+            raise UserError("--leave-one-out labels every image from all the others: drop --refs, --num-refs "
+                            "and --ref-root")
+        pool = ordered if queries is None else ordered[:max(queries, 0)]
+        if queries is not None and queries < 1:
+            raise UserError("--queries must be at least 1")
+        if len(ordered) < 2:
+            raise UserError(f"{root}: leave-one-out needs at least 2 images, found {len(ordered)}")
+        folds = [([s for s in ordered if s is not q], [q]) for q in pool]
+        choice = (f"leave-one-out: each of {len(pool)} images labelled from the other {len(ordered) - 1}")
+        bench = Benchmark("folder", root, [], frozenset(), list(ordered), list(pool), choice, folds=folds)
+    elif ref_root is not None:
+        ref_root = Path(ref_root)
+        if not ref_root.is_dir():
+            raise UserError(f"--ref-root {ref_root}: folder not found")
+        ref_labels, ref_samples = _folder_samples(ref_root)
+        if dict(ref_labels.names) != dict(labels.names):
+            raise UserError(f"{ref_root / 'labels.json'}: names other classes than {root / 'labels.json'}; "
+                            "references and queries must share one labels file")
+        k = num_refs or PAPER_REFERENCES
+        if refs:
+            names = _resolve_refs(refs, [s.name for s in ref_samples], str(ref_root / "images"))
+            references = [next(s for s in ref_samples if s.name == n) for n in names]
+            choice = f"references from --refs in {ref_root}: {', '.join(names)}"
+        else:
+            if len(ref_samples) < k:
+                raise UserError(f"--num-refs {k}: {ref_root} has only {len(ref_samples)} labelled images")
+            references = ref_samples[:k]
+            choice = f"references: the first {k} names of {ref_root}"
+        if queries is not None:
+            if queries < 1:
+                raise UserError("--queries must be at least 1")
+            query_list = ordered[:queries]
+            choice += f"; queries: the first {len(query_list)} images of {root}"
+        else:
+            query_list = list(ordered)
+            choice += f"; queries: every image of {root} ({len(query_list)})"
+        bench = Benchmark("folder", root, [], frozenset(), references, query_list, choice)
+    else:
+        k = num_refs or PAPER_REFERENCES
+        if len(ordered) < 2:
+            raise UserError(f"{root}: needs at least 2 labelled images (a reference and a query), found {len(ordered)}")
+        if not refs and len(ordered) <= k:
+            raise UserError(f"--num-refs {k}: {root} has only {len(ordered)} labelled images, none left to query "
+                            f"(use a smaller --num-refs, --ref-root or --leave-one-out)")
+        references, query_list, choice = _choose(
+            ordered, ordered[:k], ordered[k:], refs, queries, str(root / "images"),
+            f"references: the first {k} names; queries: every other image")
+        bench = Benchmark("folder", root, [], frozenset(), references, query_list, choice)
+    bench.class_names = [labels.name(i) if i in labels.names else f"class {i}" for i in range(labels.num_classes)]
+    bench.colours = {i: tuple(labels.colours[i]) for i in labels.ids if i in labels.colours}
+    bench.present_only = True
+    return bench

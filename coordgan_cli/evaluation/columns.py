@@ -32,6 +32,10 @@ class BrokenInput(UserError):
 # Always in the table (unavailable ones say why), in this order; other registered matchers join
 # by default when they can run with the inputs, or when named in --matchers.
 ALWAYS_LISTED = ("coordinates", "correlation", "ensemble")
+# The pretrained-backbone matchers: default columns on photos (a labelled folder), else only when
+# named in --matchers (a pretrained backbone on 128² synthetic or paper-protocol crops is slow and
+# not what those tables compare).
+PHOTO_COLUMNS = ("features", "classifier")
 
 
 @dataclass
@@ -55,6 +59,9 @@ class ColumnInputs:
     matcher_ckpt: Optional[Path] = None
     no_correlation: bool = False
     work_size: Optional[int] = None
+    backbone: Optional[str] = None  # --backbone / --backbone-weights of the features and classifier columns
+    backbone_weights: Optional[Path] = None
+    photos: bool = False  # a labelled folder of photos: the PHOTO_COLUMNS join the default columns
     feature_matcher: dict = field(default_factory=dict)  # the report's "feature_matcher" entry
     _shared: dict = field(default_factory=dict)
 
@@ -72,6 +79,9 @@ class ColumnInputs:
     def coordinates(self) -> Matcher:
         from coordgan_cli.labelling import CoordinatesMatcher
 
+        if self.maps is None:
+            raise UserError("needs CoordGAN correspondence maps: give --ckpt/--model (a CoordGAN encoder) or "
+                            "--store (precomputed maps)")
         return self.shared("coordinates", lambda: CoordinatesMatcher(maps=self.maps, mode=self.mode, tau=self.tau))
 
     def correlation(self) -> Matcher:
@@ -145,10 +155,34 @@ def _ensemble(inputs: ColumnInputs) -> Matcher:
     return EnsembleMatcher(members=[inputs.coordinates(), inputs.correlation()])
 
 
+def _pretrained(name: str) -> ColumnBuilder:
+    """The features / classifier column: the device, --backbone, --backbone-weights and a positive
+    --work-size (its square working side); a backbone the user named that cannot load stops the
+    evaluation (BrokenInput) rather than greying out the column."""
+
+    def build(inputs: ColumnInputs) -> Matcher:
+        options: dict[str, Any] = {"device": inputs.device}
+        if inputs.backbone is not None:
+            options["backbone"] = inputs.backbone
+        if inputs.backbone_weights is not None:
+            options["backbone_weights"] = inputs.backbone_weights
+        if inputs.work_size:
+            options["work_size"] = inputs.work_size
+        try:
+            return make_matcher(name, **options)
+        except UserError as exc:
+            if inputs.backbone is not None or inputs.backbone_weights is not None:
+                raise BrokenInput(exc.message) from exc
+            raise
+
+    return build
+
+
 _BUILDERS: dict[str, ColumnBuilder] = {
     "coordinates": ColumnInputs.coordinates,
     "correlation": ColumnInputs.correlation,
     "ensemble": _ensemble,
+    **{name: _pretrained(name) for name in PHOTO_COLUMNS},
 }
 
 # Inputs handed to a registered matcher's factory when it takes a keyword of that name (not the
@@ -209,7 +243,8 @@ def build_columns(names: Optional[list[str]], inputs: ColumnInputs) -> Columns:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise UserError(f"--matchers: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
-    wanted = list(dict.fromkeys(["coordinates", *(names if names is not None else known)]))
+    default = [n for n in known if n not in PHOTO_COLUMNS or inputs.photos]
+    wanted = list(dict.fromkeys(["coordinates", *(names if names is not None else default)]))
     matchers: dict[str, Matcher] = {}
     unavailable: dict[str, str] = {}
     for name in wanted:
@@ -220,6 +255,6 @@ def build_columns(names: Optional[list[str]], inputs: ColumnInputs) -> Columns:
         except UserError as exc:
             if names is not None or name in ALWAYS_LISTED:
                 unavailable[name] = exc.message
-    if "coordinates" not in matchers:
+    if "coordinates" not in matchers and not inputs.photos:
         raise UserError(unavailable["coordinates"])
     return Columns([n for n in wanted if n in matchers or n in unavailable], matchers, unavailable)

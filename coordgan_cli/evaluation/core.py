@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
+import numpy as np
+
 from coordgan_cli.data.benchmarks import Benchmark, load_benchmark, read_keypoints
 from coordgan_cli.errors import UserError
 from coordgan_cli.evaluation.columns import ColumnInputs, build_columns
@@ -16,6 +18,11 @@ from coordgan_cli.evaluation.maps import BenchmarkMaps, ModelMaps, StoreMaps
 from coordgan_cli.metrics.protocol import PAPER_TAU
 
 PROTOCOLS = ("paper", "fullres")
+# Layouts of photos scored without a CoordGAN model: no --ckpt/--store needed (the coordinates
+# column is then unavailable), the pretrained-backbone columns and cosine-NN join the table, and
+# the protocol defaults to fullres (issue 18's: native size, references fused).
+PHOTO_DATASETS = ("folder",)
+COSINE_DIMS = 128  # principal components of the photos' cosine-NN baseline
 VOTES = ("soft", "hard")
 
 # bars() opens a group of progress bars; task(description, total) adds one and returns advance(n).
@@ -42,7 +49,7 @@ class EvaluationRequest:
     root: Path
     ckpt: Optional[Path] = None
     store: Optional[Path] = None
-    protocol: str = "paper"
+    protocol: Optional[str] = None  # None: fullres on PHOTO_DATASETS, else paper
     refs: Optional[list[str]] = None
     queries: Optional[int] = None
     dataset_options: dict = field(default_factory=dict)  # the layout's own settings, to its loader
@@ -52,6 +59,8 @@ class EvaluationRequest:
     matcher_ckpt: Optional[Path] = None
     no_correlation: bool = False
     work_size: Optional[int] = None  # the feature matcher's working side (None: its default, 0: the protocol's size)
+    backbone: Optional[str] = None  # the features / classifier columns' backbone (None: inception)
+    backbone_weights: Optional[Path] = None
     fid_real: Optional[Path] = None
     fid_samples: int = 1000
     fid_cache: Optional[Path] = None
@@ -67,6 +76,8 @@ class EvaluationRequest:
 
         if self.dataset not in available_datasets():
             raise UserError(f"--dataset {self.dataset!r}: unknown; choose one of {', '.join(available_datasets())}")
+        if self.protocol is None:
+            self.protocol = "fullres" if self.photos else "paper"
         if self.protocol not in PROTOCOLS:
             raise UserError(f"--protocol {self.protocol!r}: choose paper or fullres")
         if self.vote not in VOTES:
@@ -74,10 +85,17 @@ class EvaluationRequest:
         if not self.tau > 0:
             raise UserError(f"--tau must be positive, got {self.tau}")
 
+    @property
+    def photos(self) -> bool:
+        return self.dataset in PHOTO_DATASETS
+
     def check(self) -> None:
         """Every mistake in the options as one UserError, before anything is loaded."""
         self.check_choices()
-        if self.ckpt is None and self.store is None:
+        if self.photos and self.protocol == "paper" and self.ckpt is None and self.store is None:
+            raise UserError("--protocol paper scores the coordinate vote on CoordGAN maps: give --ckpt/--model or "
+                            "--store, or use --protocol fullres (the default on a labelled folder)")
+        if self.ckpt is None and self.store is None and not self.photos:
             raise UserError("no correspondence maps: give --ckpt (a model: maps from its encoder) or --store "
                             "(precomputed maps)")
         for option, path in (("--ckpt", self.ckpt), ("--store", self.store)):
@@ -90,6 +108,9 @@ class EvaluationRequest:
         if self.work_size is not None and self.work_size < 0:
             raise UserError(f"--work-size must be a positive number of pixels (or 0 for each image's own size), "
                             f"got {self.work_size}")
+        if self.backbone_weights is not None and not self.backbone_weights.is_file():
+            raise UserError(f"{self.backbone_weights}: backbone weights file not found; place the "
+                            f"{self.backbone or 'backbone'} weights there (--backbone-weights)")
         if self.matcher_ckpt is not None and not self.matcher_ckpt.is_file():
             raise UserError(f"--matcher-ckpt {self.matcher_ckpt}: file not found")
         if self.fid_real is not None:
@@ -174,10 +195,55 @@ def cosine_baseline(model: Any, source: Any, protocol: str) -> Callable:
     return cosine
 
 
-def _baselines(request: EvaluationRequest, model: Any, source: Any) -> tuple[dict[str, Callable], dict[str, str]]:
+def backbone_cosine_baseline(bench: Benchmark, request: EvaluationRequest, device: Any,
+                             dims: int = COSINE_DIMS) -> Callable:
+    """Cosine nearest neighbour on a pretrained backbone's hypercolumns (the photos' baseline, in
+    the fullres signature): every cell of the query's working grid copies the label of the most
+    similar labelled cell of the fused references (their masks resized nearest to the grid), and
+    the grid's labels are resized (nearest) to the query. The unit hypercolumns are projected on
+    their top ``dims`` principal directions over the references (as the features matcher does):
+    the full 3104 Inception channels cost ~25× more per query for a nearest neighbour."""
+    import torch
+    import torch.nn.functional as F
+
+    from coordgan_cli.backbones import load_backbone
+    from coordgan_cli.correspondence.hypercolumns import HypercolumnEncoder, pca_basis
+    from coordgan_cli.io.images import read_image
+    from coordgan_cli.labelling.pretrained import DEFAULT_BACKBONE, DEFAULT_WORKING_SIZE
+    from coordgan_cli.metrics.protocol import cosine_nn_pooled, cosine_pool, resize_labels_nearest
+
+    backbone = load_backbone(request.backbone or DEFAULT_BACKBONE, request.backbone_weights, device)
+    encoder = HypercolumnEncoder(backbone, request.work_size or DEFAULT_WORKING_SIZE)
+    fitted: dict = {}  # the references' candidates and projection, per fold
+
+    def unit(sample) -> torch.Tensor:
+        return F.normalize(encoder.encode([read_image(sample.image)])[0], dim=0)
+
+    def project(feats: torch.Tensor) -> np.ndarray:
+        mean, basis = fitted["pca"]
+        c, h, w = feats.shape
+        return ((feats.reshape(c, -1).t() - mean) @ basis).t().reshape(-1, h, w).cpu().numpy()
+
+    def cosine(refs, masks, q, hw):
+        key = tuple(r.name for r in refs)
+        if fitted.get("key") != key:
+            feats = [unit(r) for r in refs]
+            fitted["pca"] = pca_basis(torch.cat([f.reshape(f.shape[0], -1) for f in feats], dim=1).t(), dims)
+            fitted["pool"] = cosine_pool([(project(f), resize_labels_nearest(m, encoder.grid))
+                                          for f, m in zip(feats, masks)])
+            fitted["key"] = key
+        return resize_labels_nearest(cosine_nn_pooled(fitted["pool"], project(unit(q)), encoder.grid), hw)
+
+    return cosine
+
+
+def _baselines(request: EvaluationRequest, model: Any, source: Any,
+               bench: Optional[Benchmark] = None, device: Any = "cpu") -> tuple[dict[str, Callable], dict[str, str]]:
     """(baselines beside identity, unavailable ones → reason)."""
     if model is not None and model.encoder is not None:
         return {"cosine_nn": cosine_baseline(model, source, request.protocol)}, {}
+    if request.photos and request.protocol == "fullres" and bench is not None:
+        return {"cosine_nn": backbone_cosine_baseline(bench, request, device)}, {}
     if model is not None:
         return {}, {"cosine_nn": f"{request.ckpt.name} is a generator checkpoint: no encoder features"}
     return {}, {"cosine_nn": "cosine nearest neighbour needs the model's own features (--ckpt); "
@@ -220,19 +286,25 @@ def evaluate_benchmark(request: EvaluationRequest, *, device: Any = "cpu", info:
     request.check()
     bench = load_benchmark(request.dataset, request.root, refs=request.refs, queries=request.queries,
                            **request.dataset_options)
+    if bench.folds and request.protocol != "fullres":
+        raise UserError("--leave-one-out is scored with --protocol fullres (one query set over every fold)")
     model = _load_model(request, device)
     if request.store is not None:
         source: Any = StoreMaps(request.store)
         maps_label = f"store {request.store.name}"
-    else:
+    elif model is not None:
         source, maps_label = ModelMaps(model), f"model {request.ckpt.name}"
-    inputs = ColumnInputs(request.protocol, BenchmarkMaps(source, bench.references + bench.queries, maps_label),
+    else:  # photos without a CoordGAN model: no maps, the coordinates column is unavailable
+        source, maps_label = None, "no maps"
+    maps = BenchmarkMaps(source, bench.references + bench.queries, maps_label) if source is not None else None
+    inputs = ColumnInputs(request.protocol, maps,
                           device, request.vote, request.tau, store=request.store, ckpt=request.ckpt,
                           matcher_ckpt=request.matcher_ckpt, no_correlation=request.no_correlation,
-                          work_size=request.work_size)
+                          work_size=request.work_size, backbone=request.backbone,
+                          backbone_weights=request.backbone_weights, photos=request.photos)
     columns = None
     try:
-        extra_baselines, unavailable = _baselines(request, model, source)
+        extra_baselines, unavailable = _baselines(request, model, source, bench, device)
         columns = build_columns(request.matchers, inputs)
         unavailable.update(columns.unavailable)
         if isinstance(source, StoreMaps):
@@ -255,4 +327,5 @@ def evaluate_benchmark(request: EvaluationRequest, *, device: Any = "cpu", info:
     finally:
         if columns is not None:
             columns.close()
-        source.close()
+        if source is not None:
+            source.close()

@@ -66,10 +66,11 @@ def model_metrics(model: Any, bench: Benchmark, request: Any, *, device: Any, ba
     from coordgan_cli.metrics.generation import IDENTITY_UNAVAILABLE
 
     if model is None:
-        return {"fid": {"available": False, "reason": f"FID {NO_MODEL}"},
-                "disentanglement": {"available": False, "reason": f"swap distances {NO_MODEL}",
+        why = NO_MODEL if request.store is not None else "needs a CoordGAN model (--ckpt or --model)"
+        return {"fid": {"available": False, "reason": f"FID {why}"},
+                "disentanglement": {"available": False, "reason": f"swap distances {why}",
                                     "identity": {"available": False, "reason": IDENTITY_UNAVAILABLE}},
-                "reconstruction": {"available": False, "reason": f"encoder reconstruction {NO_MODEL}"}}
+                "reconstruction": {"available": False, "reason": f"encoder reconstruction {why}"}}
     out = {"fid": _fid(model, request, device, bars)}
     distance = None
     if request.swap_pairs > 0 or (request.recon_images > 0 and model.encoder is not None):

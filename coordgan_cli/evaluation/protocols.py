@@ -69,35 +69,44 @@ def _identity_labels(masks: list[np.ndarray], shape: tuple[int, int], c: int) ->
 
 def run_fullres(bench: Benchmark, matchers: dict[str, Matcher], *,
                 extra_baselines: Optional[dict[str, Callable]] = None, progress: Progress = None) -> ProtocolResult:
-    """Native resolution, all references fused. ``matchers`` must hold ``coordinates`` (the report's
-    main result). ``extra_baselines``: name → fn(references, reference masks, query, (H, W)) → (H, W)
-    labels, scored like the identity baseline."""
+    """Native resolution, all references fused. ``matchers`` usually holds ``coordinates`` (the
+    report's main result; without it ``ProtocolResult.maps`` is None). ``extra_baselines``: name →
+    fn(references, reference masks, query, (H, W)) → (H, W) labels, scored like the identity
+    baseline. ``bench.folds`` (e.g. leave-one-out): each fold's references label its queries, and
+    all folds are scored as one query set; ``bench.present_only``: the mean runs over the classes
+    present in the queries' ground truth."""
     c = bench.num_classes
-    masks = [bench.read_mask(r) for r in bench.references]
-    images = [resize_image(_read_image(r), m.shape) for r, m in zip(bench.references, masks)]
-    references = benchmark_references(bench, bench.references, images, masks)
-    for matcher in matchers.values():
-        matcher.fit(references)
     accs = {name: IoUAccumulator(c) for name in matchers}
     identity = IoUAccumulator(c)
     extra = {k: IoUAccumulator(c) for k in (extra_baselines or {})}
-    for q in bench.queries:
-        truth = bench.read_mask(q)
-        # Unscored pixels (truth background / ignore) count for no class: no need to label them.
-        scored = (truth > 0) & (truth != IGNORE)
-        image = resize_image(_read_image(q), truth.shape)
-        for name, matcher in matchers.items():
-            accs[name].update(predict_labels(matcher, image, q.name, scored), truth)
-        identity.update(_identity_labels(masks, truth.shape, c), truth)
-        for key, fn in (extra_baselines or {}).items():
-            extra[key].update(fn(bench.references, masks, q, truth.shape), truth)
-        if progress is not None:
-            progress(1)
-    fused = "fused: " + ", ".join(r.name for r in bench.references)
-    scored_as = {k: summarize({fused: a}, c, bench.exclude) for k, a in accs.items()}
-    baselines = {"identity": summarize({fused: identity}, c, bench.exclude)}
-    baselines.update({k: summarize({fused: a}, c, bench.exclude) for k, a in extra.items()})
-    main = scored_as.pop("coordinates")
+    truth_area = np.zeros(c, dtype=np.int64)
+    for fold_refs, fold_queries in bench.folds or [(bench.references, bench.queries)]:
+        masks = [bench.read_mask(r) for r in fold_refs]
+        images = [resize_image(_read_image(r), m.shape) for r, m in zip(fold_refs, masks)]
+        references = benchmark_references(bench, fold_refs, images, masks)
+        for matcher in matchers.values():
+            matcher.fit(references)
+        for q in fold_queries:
+            truth = bench.read_mask(q)
+            truth_area += np.bincount(truth[truth < c].ravel(), minlength=c)[:c]
+            # Unscored pixels (truth background / ignore) count for no class: no need to label them.
+            scored = (truth > 0) & (truth != IGNORE)
+            image = resize_image(_read_image(q), truth.shape)
+            for name, matcher in matchers.items():
+                accs[name].update(predict_labels(matcher, image, q.name, scored), truth)
+            identity.update(_identity_labels(masks, truth.shape, c), truth)
+            for key, fn in (extra_baselines or {}).items():
+                extra[key].update(fn(fold_refs, masks, q, truth.shape), truth)
+            if progress is not None:
+                progress(1)
+    exclude = set(bench.exclude)
+    if bench.present_only:
+        exclude |= {k for k in range(1, c) if truth_area[k] == 0}
+    fused = ("leave-one-out" if bench.folds else "fused: " + ", ".join(r.name for r in bench.references))
+    scored_as = {k: summarize({fused: a}, c, exclude) for k, a in accs.items()}
+    baselines = {"identity": summarize({fused: identity}, c, exclude)}
+    baselines.update({k: summarize({fused: a}, c, exclude) for k, a in extra.items()})
+    main = scored_as.pop("coordinates", None)
     return ProtocolResult("fullres", main, baselines, None, scored_as)
 
 

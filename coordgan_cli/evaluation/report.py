@@ -44,8 +44,13 @@ def build_report(bench: Benchmark, result: ProtocolResult, *, maps_label: str, v
     ``unavailable``: method name → reason, for matchers or baselines that were not computed;
     ``order``: the matcher columns (names not in it are baselines).
     """
-    main = _iou_json(bench, result.maps)
-    matchers: dict = {"coordinates": main}
+    # Without maps (a labelled folder scored with no model or store) the coordinates column is
+    # unavailable: the top-level miou / per_class are then null and the classes come from the
+    # other columns.
+    scored = result.maps or next(iter([*result.matchers.values(), *result.baselines.values()]))
+    main = _iou_json(bench, result.maps) if result.maps is not None else {
+        "miou": None, "per_class": {_class_key(bench, c): None for c in scored.classes}, "per_reference": {}}
+    matchers: dict = {"coordinates": main} if result.maps is not None else {}
     for k, v in result.matchers.items():
         matchers[k] = _iou_json(bench, v)
     baselines: dict = {k: _iou_json(bench, v) for k, v in result.baselines.items()}
@@ -72,8 +77,8 @@ def build_report(bench: Benchmark, result: ProtocolResult, *, maps_label: str, v
         "references": [r.name for r in bench.references],
         "queries": len(bench.queries),
         "choice": bench.choice,
-        "classes_scored": len(result.maps.classes),
-        "excluded_classes": [bench.class_names[c] for c in sorted(bench.exclude)],
+        "classes_scored": len(scored.classes),
+        "excluded_classes": [bench.class_names[c] for c in range(1, bench.num_classes) if c not in scored.classes],
         "values": "fractions in [0, 1]",
     }
     report.update(extra)
@@ -236,7 +241,8 @@ def summary_lines(report: dict) -> list[str]:
     for name, m in report["matchers"].items():
         if m.get("available", True):
             lines.append(f"mIoU {name}: {100 * m['miou']:.2f} % ({report['protocol']} protocol"
-                         + (f", {report['maps']})" if name != "correlation" else ", feature matcher)"))
+                         + (f", {report['maps']})" if name in ("coordinates", "ensemble") else ", feature matcher)"
+                             if name == "correlation" else ")"))
         else:
             lines.append(f"{name}: unavailable — {m['reason']}")
     if isinstance(report.get("pck"), dict) and "available" not in report["pck"]:
