@@ -301,3 +301,13 @@ def test_background_weight_and_side_checks(encoder):
     assert (labels_of(lean, ref) != 0).sum() >= (labels_of(plain, ref) != 0).sum()
     with pytest.raises(ValueError, match="side must be"):
         FeatureVoteMatcher(encoder, side="both")
+
+
+@pytest.mark.parametrize("name", ["features", "classifier"])
+def test_work_size_below_the_backbones_minimum_is_one_clear_error(name):
+    from coordgan_cli.errors import UserError
+    from coordgan_cli.labelling import make_matcher
+
+    with pytest.raises(UserError, match="at least 75 px for the inception backbone, got 64"):
+        make_matcher(name, work_size=64)
+    assert make_matcher(name, work_size=75).encoder.working_size == 75

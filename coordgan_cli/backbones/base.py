@@ -23,10 +23,12 @@ class Backbone(nn.Module):
         name: registry name.
         layers: the layers the hypercolumn is built from, shallow to deep.
         stride: pixels of the input per hypercolumn position.
+        min_size: the smallest input side its deepest layers accept.
     """
 
     name: str = "backbone"
     available_layers: dict[str, int] = {}
+    min_size: int = 32
 
     def __init__(self, layers: Sequence[str], stride: int) -> None:
         super().__init__()

@@ -34,6 +34,7 @@ class InceptionBackbone(Backbone):
     name = "inception"
     available_layers = LAYER_STRIDES
     layer_channels = LAYER_CHANNELS
+    min_size = 75  # Inception-v3's valid 3×3 convolutions and pools need 75 px at least
 
     def __init__(self, script_module: torch.jit.ScriptModule, layers: Sequence[str] = DEFAULT_LAYERS,
                  stride: int = DEFAULT_STRIDE) -> None:

@@ -30,9 +30,10 @@ def _encoder(backbone: str, backbone_weights: Optional[Path], device: Any, work_
     ckpt, head = options.pop("matcher_ckpt", None), options.pop("head", None)
     head = ckpt if ckpt is not None else head  # --matcher-ckpt, or the option head=
     work_size = DEFAULT_WORKING_SIZE if work_size is None else int(work_size)
-    if work_size < 32:
-        raise UserError(f"--work-size must be at least 32 px for a backbone, got {work_size}")
     model = load_backbone(backbone, backbone_weights, device or "cpu", layers=layers, stride=stride)
+    if work_size < model.min_size:
+        raise UserError(f"--work-size must be at least {model.min_size} px for the {model.name} backbone, "
+                        f"got {work_size}")
     if head is None:
         return HypercolumnEncoder(model, work_size)
     # A projection head from `train-matcher --data` (adapted to the user's photos) on top.
