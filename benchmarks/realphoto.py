@@ -125,7 +125,8 @@ def run_set(kind: str, encoder, args, refs: FolderDataset, ref_idx: list[int], q
             "per_class": {names.get(c, str(c)): round(v, 3) for c, v in per_class.items()}}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (tests read its defaults from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent.parent / "shared" / "data")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -161,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N car queries (quick experiments)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-timing", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 

@@ -70,14 +70,10 @@ def load_realphoto():
 
 
 def bench_args(**over):
-    """benchmarks/realphoto.py's options (its defaults) for a small run."""
-    import argparse
-
-    defaults = dict(k=16, temperature=0.05, position_weight=0.5, fdims=128, flip=True, top_references=0,
-                    layout_grid=4, no_refine=False, members=4, dims=128, hidden=128, steps=300, position_scale=1.0,
-                    position_frequencies=0, label_scale=2, seed=0)
-    defaults.update(over)
-    return argparse.Namespace(**defaults)
+    """benchmarks/realphoto.py's options (its own defaults) for a small run."""
+    args = load_realphoto().parser().parse_args([])
+    vars(args).update(over)
+    return args
 
 
 def core_matchers(kind_options: dict) -> dict:

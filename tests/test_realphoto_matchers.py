@@ -247,7 +247,7 @@ def test_propagate_cli_runs_the_features_matcher_on_mixed_sizes(tmp_path):
     bad = CliRunner().invoke(app, ["--quiet", "propagate", "--matcher", "features", "--work-size", "8",
                                    "--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"),
                                    "--queries", str(tmp_path / "q"), "--out", str(tmp_path / "out2")])
-    assert bad.exit_code == 2 and "--work-size must be at least 32" in bad.output
+    assert bad.exit_code == 2 and "--work-size must be at least 75 px for the inception backbone, got 8" in bad.output
 
 
 def _asymmetric_scene():

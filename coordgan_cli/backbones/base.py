@@ -23,12 +23,12 @@ class Backbone(nn.Module):
         name: registry name.
         layers: the layers the hypercolumn is built from, shallow to deep.
         stride: pixels of the input per hypercolumn position.
-        min_size: the smallest input side its deepest layers accept.
+        min_size: the smallest input side the chosen layers accept (at least 32).
     """
 
     name: str = "backbone"
     available_layers: dict[str, int] = {}
-    min_size: int = 32
+    layer_min_sizes: dict[str, int] = {}  # name → smallest input side that layer accepts (if above 32)
 
     def __init__(self, layers: Sequence[str], stride: int) -> None:
         super().__init__()
@@ -49,6 +49,10 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
+    @property
+    def min_size(self) -> int:
+        return max([32] + [self.layer_min_sizes.get(n, 32) for n in self.layers])
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the hypercolumn grid for an (H, W) input: ceil(H / stride), ceil(W / stride)."""
         return max(1, math.ceil(height / self.stride)), max(1, math.ceil(width / self.stride))

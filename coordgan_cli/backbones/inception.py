@@ -29,12 +29,17 @@ LAYER_CHANNELS = {"conv_2": 64, "conv_4": 192, "mixed": 256, "mixed_1": 288, "mi
 DEFAULT_LAYERS = ("mixed_2", "mixed_7", "mixed_10")
 DEFAULT_STRIDE = 8
 
+# The smallest input side at which each layer still has an output (its valid 3×3 convolutions and
+# pools shrink the grid; measured on the shipped network).
+LAYER_MIN_SIZES = {"conv_4": 19, "mixed": 27, "mixed_1": 27, "mixed_2": 27, "mixed_3": 43, "mixed_4": 43,
+                   "mixed_5": 43, "mixed_6": 43, "mixed_7": 43, "mixed_8": 75, "mixed_9": 75, "mixed_10": 75}
+
 
 class InceptionBackbone(Backbone):
     name = "inception"
     available_layers = LAYER_STRIDES
     layer_channels = LAYER_CHANNELS
-    min_size = 75  # Inception-v3's valid 3×3 convolutions and pools need 75 px at least
+    layer_min_sizes = LAYER_MIN_SIZES
 
     def __init__(self, script_module: torch.jit.ScriptModule, layers: Sequence[str] = DEFAULT_LAYERS,
                  stride: int = DEFAULT_STRIDE) -> None:
