@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      mirror_pairs, pca_basis, position_channels, soft_labels)
+from coordgan_cli.correspondence.hypercolumns import (HypercolumnEncoder, check_image, pca_basis, position_channels,
+                                                      soft_labels)
+from coordgan_cli.correspondence.backbone_matcher import BackboneMatcher
 from coordgan_cli.correspondence.upsample import upsample_probabilities
-from coordgan_cli.labelling.matchers import MatcherBase
 
 
-class FeatureVoteMatcher(MatcherBase):
+class FeatureVoteMatcher(BackboneMatcher):
     """Soft kNN vote on backbone hypercolumns, references fused.
 
     Args:
@@ -90,50 +90,20 @@ class FeatureVoteMatcher(MatcherBase):
         self._keys: Optional[torch.Tensor] = None
         self._values: Optional[torch.Tensor] = None
 
-    def fit(self, references) -> None:
-        """Fit on ``labelling.References``: probabilities over ``references.classes``; with
-        ``flip_swap="auto"`` the mirror table comes from the label names (left/right, l_/r_)."""
-        self.references = references
-        self.fit_arrays(references.images, references.masks, references.classes,
-                        names=dict(references.labels.names))
-
     def settings(self) -> dict:
         """What the propagate resume key records."""
-        base = {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
-                "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size, "k": self.k,
-                "temperature": self.temperature, "position_weight": self.position_weight, "dims": self.dims,
-                "flip": self.flip_swap is not None, "top_references": self.top_references, "refine": self.refine,
-                "side": self.side, "background_weight": self.background_weight}
-        head = getattr(self.encoder, "head_source", None)  # a projection head (train-matcher --data)
-        return base | ({"head": head} if head else {})
-
-    def _fitted(self):
-        if not self.classes:
-            raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
-        return self
+        return self.backbone_settings() | {
+            "k": self.k, "temperature": self.temperature, "position_weight": self.position_weight,
+            "dims": self.dims, "top_references": self.top_references, "refine": self.refine, "side": self.side,
+            "background_weight": self.background_weight}
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    classes: Optional[Sequence[int]] = None, *,
                    names: Optional[dict[int, str]] = None) -> "FeatureVoteMatcher":
         """Encode references. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: the class ids to predict (default: the ids in the masks, 255 excluded), sorted."""
-        if not images or len(images) != len(masks):
-            raise ValueError("fit_arrays needs as many masks as images, at least one")
-        images = [check_image(im, f"reference {i}") for i, im in enumerate(images)]
-        masks = [np.asarray(m) for m in masks]
-        for i, (im, m) in enumerate(zip(images, masks)):
-            if m.shape != im.shape[:2]:
-                raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
-        swap = self.flip_swap
-        if swap == "auto":
-            swap = mirror_pairs(names) if names else None
         originals = len(images)
-        if swap is not None:
-            images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
-            masks = masks + [flip_mask(m, swap) for m in masks]
-        if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
-            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
-        self.classes = sorted(int(c) for c in classes)
+        images, masks, swap = self.prepare_references(images, masks, classes, names)
         index = {c: i for i, c in enumerate(self.classes)}
         self._pairs = sorted({tuple(sorted((index[a], index[b]))) for a, b in (swap or {}).items()
                               if a != b and a in index and b in index})

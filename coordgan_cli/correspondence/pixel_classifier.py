@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordgan_cli.correspondence.hypercolumns import (IGNORE, HypercolumnEncoder, check_image, flip_mask,
-                                                      mirror_pairs, pca_basis, position_channels, soft_labels)
+from coordgan_cli.correspondence.hypercolumns import (HypercolumnEncoder, check_image, pca_basis, position_channels,
+                                                      soft_labels)
+from coordgan_cli.correspondence.backbone_matcher import BackboneMatcher
 from coordgan_cli.correspondence.upsample import upsample_probabilities
-from coordgan_cli.labelling.matchers import MatcherBase
 
 
 def _mlp(inputs: int, hidden: int, classes: int) -> nn.Sequential:
@@ -31,7 +31,7 @@ def _mlp(inputs: int, hidden: int, classes: int) -> nn.Sequential:
                          nn.Linear(hidden // 2, classes))
 
 
-class PixelClassifierMatcher(MatcherBase):
+class PixelClassifierMatcher(BackboneMatcher):
     """Ensemble of small MLPs on hypercolumns (+ position), trained on the references.
 
     Args:
@@ -91,49 +91,18 @@ class PixelClassifierMatcher(MatcherBase):
             x = torch.cat([x, self.position_scale * pos], dim=0)
         return x.reshape(x.shape[0], -1).t().contiguous()
 
-    def fit(self, references) -> None:
-        """Fit on ``labelling.References``: probabilities over ``references.classes``; with
-        ``flip_swap="auto"`` the mirror table comes from the label names (left/right, l_/r_)."""
-        self.references = references
-        self.fit_arrays(references.images, references.masks, references.classes,
-                        names=dict(references.labels.names))
-
     def settings(self) -> dict:
         """What the propagate resume key records."""
-        base = {"matcher": self.name, "backbone": self.encoder.backbone.name, "layers": self.encoder.backbone.layers,
-                "stride": self.encoder.backbone.stride, "work_size": self.encoder.working_size,
-                "members": self.members, "dims": self.dims, "hidden": self.hidden, "steps": self.steps,
-                "position": self.position, "flip": self.flip_swap is not None, "refine": self.refine,
-                "seed": self.seed}
-        head = getattr(self.encoder, "head_source", None)  # a projection head (train-matcher --data)
-        return base | ({"head": head} if head else {})
-
-    def _fitted(self):
-        if not self.classes:
-            raise RuntimeError(f"matcher {self.name!r}: call fit(references) or fit_arrays before predicting")
-        return self
+        return self.backbone_settings() | {
+            "members": self.members, "dims": self.dims, "hidden": self.hidden, "steps": self.steps,
+            "position": self.position, "refine": self.refine, "seed": self.seed}
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    classes: Optional[Sequence[int]] = None, *,
                    names: Optional[dict[int, str]] = None) -> "PixelClassifierMatcher":
         """Train the ensemble. images: (H, W, 3) uint8; masks: (H, W) uint8 ids of the same size;
         classes: ids to predict (default: those in the masks, 255 excluded), sorted."""
-        if not images or len(images) != len(masks):
-            raise ValueError("fit_arrays needs as many masks as images, at least one")
-        images = [check_image(im, f"reference {i}") for i, im in enumerate(images)]
-        masks = [np.asarray(m) for m in masks]
-        for i, (im, m) in enumerate(zip(images, masks)):
-            if m.shape != im.shape[:2]:
-                raise ValueError(f"reference {i}: mask {m.shape} and image {im.shape[:2]} differ in size")
-        swap = self.flip_swap
-        if swap == "auto":
-            swap = mirror_pairs(names) if names else None
-        if swap is not None:
-            images = images + [np.ascontiguousarray(im[:, ::-1]) for im in images]
-            masks = masks + [flip_mask(m, swap) for m in masks]
-        if classes is None:  # after mirroring: a right part seen only in a mirrored left one counts
-            classes = sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) - {IGNORE})
-        self.classes = sorted(int(c) for c in classes)
+        images, masks, _ = self.prepare_references(images, masks, classes, names)
         feats = [self.encoder.encode([im])[0] for im in images]
         self._mean, self._basis = None, None
         if self.dims > 0:
