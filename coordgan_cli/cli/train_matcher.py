@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
@@ -103,18 +103,9 @@ def train_matcher_command(
         distributed.teardown(dist)
 
 
-def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[int], state: AppState,
-           dist: Distributed) -> None:
-    """Train on this process; rank 0 alone logs and shows the progress bar."""
-    from coordgan_cli.training.matcher import train_matcher
-
-    total = resolved.matcher.steps if max_steps is None else min(resolved.matcher.steps, max_steps)
-    if not dist.is_main:
-        train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps, dist=dist)
-        return
-    processes = f"; {dist.world_size} processes on {dist.device}" if dist.active else ""
-    info(f"matcher: {json.dumps(source.describe())} → {out}{processes}", state)
-    progress = make_progress(state, unit="step")
+def _step_reporter(progress) -> Callable[[int, int, dict], None]:
+    """The trainers' per-step callback: a progress task (created at the first step seen, so a
+    resumed run starts where it stopped) showing the rate, loss and match accuracy."""
     task = None
     t0 = time.perf_counter()
     first: list[int] = []
@@ -128,6 +119,22 @@ def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[
         shown = f"loss {metrics['loss']:.3f}  acc {metrics['accuracy']:.2f}"
         progress.update(task, completed=step, rate=f"{rate:.2f} it/s  {shown}", detail=shown)
 
+    return on_step
+
+
+def _train(resolved: Recipe, out: Path, source: PairSource, max_steps: Optional[int], state: AppState,
+           dist: Distributed) -> None:
+    """Train on this process; rank 0 alone logs and shows the progress bar."""
+    from coordgan_cli.training.matcher import train_matcher
+
+    total = resolved.matcher.steps if max_steps is None else min(resolved.matcher.steps, max_steps)
+    if not dist.is_main:
+        train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps, dist=dist)
+        return
+    processes = f"; {dist.world_size} processes on {dist.device}" if dist.active else ""
+    info(f"matcher: {json.dumps(source.describe())} → {out}{processes}", state)
+    progress = make_progress(state, unit="step")
+    on_step = _step_reporter(progress)
     with progress:
         metrics = train_matcher(resolved, out, source, device=dist.device, seed=state.seed, max_steps=max_steps,
                                 on_step=on_step, dist=dist)
@@ -170,19 +177,7 @@ def _adapt(recipe: Optional[Path], set_: list[str], data: Path, backbone: str, b
     total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     info(f"projection head on {backbone}: {json.dumps(source.describe())} → {out}", state)
     progress = make_progress(state, unit="step")
-    task = None
-    t0 = time.perf_counter()
-    first: list[int] = []
-
-    def on_step(step: int, target: int, metrics: dict) -> None:
-        nonlocal task
-        if task is None:
-            first.append(step - 1)
-            task = progress.add_task("train-matcher", total=target, completed=step - 1, rate="", detail="")
-        rate = (step - first[0]) / max(time.perf_counter() - t0, 1e-9)
-        shown = f"loss {metrics['loss']:.3f}  acc {metrics['accuracy']:.2f}"
-        progress.update(task, completed=step, rate=f"{rate:.2f} it/s  {shown}", detail=shown)
-
+    on_step = _step_reporter(progress)
     with removed_on_failure(out, lambda: (out / "latest.pt").is_file()), progress:
         metrics = train_head(resolved, out, source, model, device=device, seed=state.seed, max_steps=max_steps,
                              on_step=on_step)
