@@ -16,6 +16,7 @@ import typer
 
 from coordgan_cli.cli._common import AppState, get_state, info, print_json, track, warn
 from coordgan_cli.errors import UserError
+from coordgan_cli.labelling.matchers import auto_matcher
 
 def propagate(
     ctx: typer.Context,
@@ -174,31 +175,11 @@ def _references(state: AppState, root: Optional[Path], ref: list[Path], mask: li
                 ref_coco: Optional[Path], labels_path: Optional[Path], resize_mask: bool):
     """The References named by --refs, --ref/--mask and --ref-coco (pairs file first)."""
     from coordgan_cli.labelling import References
-    from coordgan_cli.labelling.references import read_pairs_file
+    from coordgan_cli.labelling.references import reference_pairs
 
-    pairs: list[tuple[Path, Optional[Path]]] = read_pairs_file(refs) if refs is not None else []
-    if mask and len(mask) != len(ref):
-        raise UserError(f"{len(ref)} --ref but {len(mask)} --mask: give one mask per reference (in the same order)")
-    if not mask and ref and ref_coco is None:
-        raise UserError("--ref needs a --mask per reference (or --ref-coco with their annotations)")
-    pairs.extend(zip(ref, mask if mask else [None] * len(ref)))
-    pairs = _drop_duplicates(pairs)
-    return References.from_pairs(pairs, labels=labels_path, coco=ref_coco, root=root, resize_mask=resize_mask,
+    return References.from_pairs(reference_pairs(refs, ref, mask, ref_coco, warn=warn), labels=labels_path,
+                                 coco=ref_coco, root=root, resize_mask=resize_mask,
                                  info=lambda m: info(m, state), warn=warn)
-
-
-def _drop_duplicates(pairs: list[tuple[Path, Optional[Path]]]) -> list[tuple[Path, Optional[Path]]]:
-    """The pairs without repeats of the same image and mask (a repeat would only double the work
-    and the weight of that reference's vote): each dropped with a warning."""
-    kept: dict[tuple[str, str], tuple[Path, Optional[Path]]] = {}
-    for image, mask in pairs:
-        key = (str(Path(image).resolve()), str(Path(mask).resolve()) if mask is not None else "")
-        if key in kept:
-            warn(f"reference {image} with mask {mask if mask is not None else '(from --ref-coco)'} is given twice: "
-                 "using it once")
-            continue
-        kept[key] = (image, mask)
-    return list(kept.values())
 
 
 def _resolve_map_model(ckpt: Optional[Path], model: Optional[str], state: AppState) -> Path:
@@ -216,25 +197,6 @@ def _resolve_map_model(ckpt: Optional[Path], model: Optional[str], state: AppSta
             info(f"maps from the shipped model {path.stem!r} ({path}); --ckpt or --model chooses another", state)
         return path
     return resolve_model(ckpt, model)
-
-
-BACKBONE_MATCHERS = ("features", "classifier")
-
-
-def auto_matcher(store: Optional[Path], ckpt: Optional[Path], model: Optional[str],
-                 matcher_ckpt: Optional[Path]) -> tuple[str, str]:
-    """``--matcher auto``: (matcher, why). CoordGAN maps given → coordinates (plus --matcher-ckpt →
-    ensemble); only a feature matcher checkpoint → correlation; nothing → features, the best
-    measured on real photos (README "Real photos") and needing nothing but the shipped Inception."""
-    maps = next((f"--{k}" for k, v in (("store", store), ("ckpt", ckpt), ("model", model)) if v is not None), None)
-    if maps and matcher_ckpt is not None:
-        return "ensemble", f"{maps} gives CoordGAN maps and --matcher-ckpt a feature matcher"
-    if maps:
-        return "coordinates", f"{maps} gives CoordGAN maps"
-    if matcher_ckpt is not None:
-        return "correlation", "--matcher-ckpt gives a trained feature matcher and no maps are given"
-    return "features", ("no CoordGAN maps or matcher given: the pretrained-backbone vote, the best on real photos; "
-                        "--matcher classifier is the other photo matcher")
 
 
 def _check_backbone_options(matcher: str, backbone: Optional[str], backbone_weights: Optional[Path]) -> None:

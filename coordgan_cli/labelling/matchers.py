@@ -402,6 +402,22 @@ class EnsembleMatcher(MatcherBase):
             getattr(member, "close", lambda: None)()
 
 
+def auto_matcher(store: Optional[Path], ckpt: Optional[Path], model: Optional[str],
+                 matcher_ckpt: Optional[Path]) -> tuple[str, str]:
+    """``--matcher auto``: (matcher, why). CoordGAN maps given → coordinates (plus --matcher-ckpt →
+    ensemble); only a feature matcher checkpoint → correlation; nothing → features, the best
+    measured on real photos (README "Real photos") and needing nothing but the shipped Inception."""
+    maps = next((f"--{k}" for k, v in (("store", store), ("ckpt", ckpt), ("model", model)) if v is not None), None)
+    if maps and matcher_ckpt is not None:
+        return "ensemble", f"{maps} gives CoordGAN maps and --matcher-ckpt a feature matcher"
+    if maps:
+        return "coordinates", f"{maps} gives CoordGAN maps"
+    if matcher_ckpt is not None:
+        return "correlation", "--matcher-ckpt gives a trained feature matcher and no maps are given"
+    return "features", ("no CoordGAN maps or matcher given: the pretrained-backbone vote, the best on real photos; "
+                        "--matcher classifier is the other photo matcher")
+
+
 register_matcher("coordinates", CoordinatesMatcher)
 register_matcher("correlation", CorrelationMatcher)
 register_matcher("ensemble", EnsembleMatcher)

@@ -70,6 +70,30 @@ def read_pairs_file(path: Path) -> list[tuple[Path, Optional[Path]]]:
     return pairs
 
 
+def reference_pairs(pairs_file: Optional[Path], images: Sequence[Path], masks: Sequence[Path],
+                    coco: Optional[Path] = None, *, warn: Callable[[str], None] = lambda m: None
+                    ) -> list[tuple[Path, Optional[Path]]]:
+    """The (image, mask) pairs that propagate's --refs (first), --ref and --mask name; a mask may be
+    None when ``coco`` gives the masks. A pair given twice is kept once, with a warning (a repeat
+    would only double the work and the weight of that reference's vote)."""
+    pairs: list[tuple[Path, Optional[Path]]] = read_pairs_file(pairs_file) if pairs_file is not None else []
+    if masks and len(masks) != len(images):
+        raise UserError(f"{len(images)} --ref but {len(masks)} --mask: give one mask per reference "
+                        "(in the same order)")
+    if not masks and images and coco is None:
+        raise UserError("--ref needs a --mask per reference (or --ref-coco with their annotations)")
+    pairs.extend(zip(images, masks if masks else [None] * len(images)))
+    kept: dict[tuple[str, str], tuple[Path, Optional[Path]]] = {}
+    for image, mask in pairs:
+        key = (str(Path(image).resolve()), str(Path(mask).resolve()) if mask is not None else "")
+        if key in kept:
+            warn(f"reference {image} with mask {mask if mask is not None else '(from --ref-coco)'} is given twice: "
+                 "using it once")
+            continue
+        kept[key] = (image, mask)
+    return list(kept.values())
+
+
 def _find_labels_file(masks: list[Path]) -> Optional[Path]:
     for mask in masks:
         for folder in (mask.parent, mask.parent.parent):
