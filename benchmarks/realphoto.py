@@ -83,7 +83,7 @@ def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
                                   position_weight=args.position_weight, dims=args.fdims, flip_swap=flip,
                                   top_references=args.top_references, layout_grid=args.layout_grid,
                                   refine=not args.no_refine, side=args.side,
-                                  background_weight=args.background_weight)
+                                  background_weight=args.background_weight, class_balance=args.class_balance)
     return PixelClassifierMatcher(encoder, members=args.members, dims=args.dims, hidden=args.hidden, steps=args.steps,
                                   position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
                                   position_frequencies=args.position_frequencies, label_scale=args.label_scale,
@@ -107,7 +107,9 @@ def run_set(kind: str, encoder, args, refs: FolderDataset, ref_idx: list[int], q
     for r_idx, q_idx in folds:
         pairs = [refs.pair(i) for i in r_idx]
         t = time.perf_counter()
+        # Every class of the label set, as `coordgan evaluate --dataset folder` fits them.
         matcher = make_matcher(kind, encoder, args, swap).fit_arrays([p[0] for p in pairs], [p[1] for p in pairs],
+                                                                     list(range(num_classes)),
                                                                      names=dict(queries.labels.names))
         fit_s += time.perf_counter() - t
         for q in q_idx:
@@ -128,7 +130,10 @@ def run_set(kind: str, encoder, args, refs: FolderDataset, ref_idx: list[int], q
 def parser() -> argparse.ArgumentParser:
     """The benchmark's options (tests read its defaults from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent.parent / "shared" / "data")
+    # ../shared/data beside the checkout (a worktree one level deeper finds it one level up).
+    default_data = next((p / "shared" / "data" for p in (REPO.parent, REPO.parent.parent)
+                         if (p / "shared" / "data").is_dir()), REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=default_data)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--matchers", default="features,classifier")
     p.add_argument("--sets", default="cars,faces")
@@ -150,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--side", default="pooled", choices=("pooled", "view"),
                    help="features: left/right side from the pooled vote, or one per-query view decision")
     p.add_argument("--background-weight", type=float, default=1.0, help="features: background vote share × this")
+    p.add_argument("--class-balance", type=float, default=0.5,
+                   help="features: part classes' vote shares × (area share / mean)^-α (0 = plain vote)")
     p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--dims", type=int, default=128)

@@ -311,3 +311,41 @@ def test_work_size_below_the_backbones_minimum_is_one_clear_error(name):
     with pytest.raises(UserError, match="at least 75 px for the inception backbone, got 64"):
         make_matcher(name, work_size=64)
     assert make_matcher(name, work_size=75).encoder.working_size == 75
+
+
+def test_class_balance_weights_follow_the_part_areas():
+    matcher = FeatureVoteMatcher.__new__(FeatureVoteMatcher)
+    matcher.classes, matcher.class_balance = [0, 1, 2, 3], 0.5
+    areas = torch.tensor([100.0, 10.0, 40.0, 0.0])
+    # Part shares of the mean part area (25): 0.4 and 1.6 → weights 0.4^-½, 1.6^-½; background 1;
+    # the absent class 3 gets the largest part weight.
+    expected = torch.tensor([1.0, 0.4 ** -0.5, 1.6 ** -0.5, 0.4 ** -0.5])
+    torch.testing.assert_close(matcher.balance_weights(areas), expected)
+    matcher.class_balance = 0.0
+    torch.testing.assert_close(matcher.balance_weights(areas), torch.ones(4))
+    with pytest.raises(ValueError, match="class_balance must be >= 0"):
+        FeatureVoteMatcher(None, class_balance=-1)
+
+
+def test_class_balance_lifts_a_small_part_over_a_large_one(encoder):
+    """Same appearance, unequal areas: the plain vote hands the shared texture to the class the
+    references hold more of; balancing divides that prior out, and nothing else changes."""
+    ref = np.full((128, 128, 3), GREY, np.uint8)
+    ref[16:112, 16:112] = RED
+    mask = np.zeros((128, 128), np.uint8)
+    mask[16:112, 16:88] = 1   # the large part: three quarters of the red square
+    mask[16:112, 88:112] = 2  # the small part: the same red, a quarter
+    plain = FeatureVoteMatcher(encoder, k=16, position_weight=0.0, dims=0, class_balance=0.0,
+                               refine=False).fit_arrays([ref], [mask])
+    balanced = FeatureVoteMatcher(encoder, k=16, position_weight=0.0, dims=0, class_balance=1.0,
+                                  refine=False).fit_arrays([ref], [mask])
+    query = np.full((96, 96, 3), GREY, np.uint8)
+    query[24:72, 24:72] = RED  # red, nowhere near either part's place in the reference
+    g0, g1 = plain.predict_grid(query), balanced.predict_grid(query)
+    centre = (slice(5, 7), slice(5, 7))  # grid cells inside the red square, away from its edges
+    assert float(g0[1][centre].mean()) > float(g0[2][centre].mean())
+    assert float(g1[2][centre].mean() / g1[1][centre].mean()) > 1.5 * float(g0[2][centre].mean() / g0[1][centre].mean())
+    # Exactly the plain vote times the weights, renormalised.
+    w = balanced._balance.numpy()[:, None, None]
+    expected = g0 * w / (g0 * w).sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(g1, expected, atol=1e-5)

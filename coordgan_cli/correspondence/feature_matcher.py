@@ -57,6 +57,12 @@ class FeatureVoteMatcher(BackboneMatcher):
             module doc. Only matters with mirrored references and left/right pairs.
         background_weight: the vote share of class 0 (background) is multiplied by this before
             the probabilities are normalised (< 1 = lean towards parts where the vote hesitates).
+        class_balance: α of the part-class balancing: each part class's vote share is multiplied
+            by (its share of the references' part area / the mean part share)^-α, so a small part
+            (a mirror, a light) is not outvoted by a large one (a bumper) only because the
+            references hold more of the large one's cells — a kNN vote's posterior carries the
+            references' class frequencies as its prior. Background keeps weight 1 (leaning
+            towards or away from it is ``background_weight``'s job). 0 = the plain vote.
         chunk: query cells per similarity block (bounds memory to chunk × reference cells).
     """
 
@@ -65,7 +71,8 @@ class FeatureVoteMatcher(BackboneMatcher):
     def __init__(self, encoder: HypercolumnEncoder, *, k: int = 16, temperature: float = 0.05,
                  position_weight: float = 0.5, flip_swap: Optional[dict[int, int] | str] = "auto",
                  refine: bool = True, dims: int = 128, top_references: int = 0, layout_grid: int = 4,
-                 side: str = "pooled", background_weight: float = 1.0, chunk: int = 1024) -> None:
+                 side: str = "pooled", background_weight: float = 1.0, class_balance: float = 0.5,
+                 chunk: int = 1024) -> None:
         if side not in ("pooled", "view"):
             raise ValueError(f"side must be 'pooled' or 'view', got {side!r}")
         self.encoder = encoder
@@ -79,6 +86,10 @@ class FeatureVoteMatcher(BackboneMatcher):
         self.layout_grid = int(layout_grid)
         self.side = side
         self.background_weight = float(background_weight)
+        if class_balance < 0:
+            raise ValueError(f"class_balance must be >= 0, got {class_balance}")
+        self.class_balance = float(class_balance)
+        self._balance: Optional[torch.Tensor] = None  # (K,) per-class vote weights
         self._pairs: list[tuple[int, int]] = []  # (index, index) of left/right classes in self.classes
         self._mirrored: Optional[torch.Tensor] = None  # (N,) bool: key from a mirrored reference
         self._owner: Optional[torch.Tensor] = None
@@ -95,7 +106,8 @@ class FeatureVoteMatcher(BackboneMatcher):
         return self.backbone_settings() | {
             "k": self.k, "temperature": self.temperature, "position_weight": self.position_weight,
             "dims": self.dims, "top_references": self.top_references, "refine": self.refine, "side": self.side,
-            "background_weight": self.background_weight}
+            "background_weight": self.background_weight,
+            "class_balance": self.class_balance}
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    classes: Optional[Sequence[int]] = None, *,
@@ -126,7 +138,22 @@ class FeatureVoteMatcher(BackboneMatcher):
         self._mirrored = self._owner >= originals
         self._layouts = torch.stack(layouts)  # (R, L)
         self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
+        self._balance = self.balance_weights(self._values.sum(dim=0))
         return self
+
+    def balance_weights(self, areas: torch.Tensor) -> torch.Tensor:
+        """(K,) vote weights from the references' (K,) class areas: part classes
+        (area / mean part area)^-class_balance, background 1; a class without area gets the
+        largest weight of the others (it has no cells to vote for it anyway)."""
+        weights = torch.ones_like(areas)
+        parts = torch.tensor([c != 0 for c in self.classes], device=areas.device)
+        present = parts & (areas > 0)
+        if self.class_balance == 0 or not bool(present.any()):
+            return weights
+        shares = areas[present] / areas[present].mean()
+        weights[present] = shares.pow(-self.class_balance)
+        weights[parts & ~present] = weights[present].max()
+        return weights
 
     def _keys_of(self, feats: torch.Tensor) -> torch.Tensor:
         """(C, h, w) hypercolumns → (D, h, w) unit vectors (plus the weighted position)."""
@@ -175,6 +202,7 @@ class FeatureVoteMatcher(BackboneMatcher):
             out = self.assign_sides(out, (mirror if fit[1] > fit[0] else given)[0])
         else:
             out = self._vote(q, keys, values)
+        out = out * self._balance
         if self.background_weight != 1.0 and 0 in self.classes:
             out[:, self.classes.index(0)] *= self.background_weight
         out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-8)
