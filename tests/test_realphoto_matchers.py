@@ -349,3 +349,28 @@ def test_class_balance_lifts_a_small_part_over_a_large_one(encoder):
     w = balanced._balance.numpy()[:, None, None]
     expected = g0 * w / (g0 * w).sum(axis=0, keepdims=True)
     np.testing.assert_allclose(g1, expected, atol=1e-5)
+
+
+def test_classifier_class_balance_reweights_each_members_probabilities(encoder):
+    ref = np.full((128, 128, 3), GREY, np.uint8)
+    ref[16:112, 16:112] = RED
+    mask = np.zeros((128, 128), np.uint8)
+    mask[16:112, 16:88], mask[16:112, 88:112] = 1, 2
+    kw = dict(members=2, dims=16, hidden=16, steps=40, position=False, refine=False)
+    plain = PixelClassifierMatcher(encoder, class_balance=0.0, **kw).fit_arrays([ref], [mask])
+    balanced = PixelClassifierMatcher(encoder, class_balance=1.0, **kw).fit_arrays([ref], [mask])
+    # Trained alike (same seeds): only the prior differs. Class 2 holds a quarter of the part cells.
+    assert bool((plain._balance == 1).all())
+    w = balanced._balance
+    assert w[0] == 1 and w[2] > 1 > w[1]
+    g0, a0 = plain.predict_grid(ref)
+    g1, _ = balanced.predict_grid(ref)
+    x = (plain._cells(encoder.encode([ref])[0]) - plain._shift) / plain._scale
+    with torch.no_grad():
+        members = torch.stack([torch.softmax(m(x), dim=1) for m in plain._models]) * w
+    members = members / members.sum(dim=2, keepdim=True)
+    expected = members.mean(dim=0).t().reshape(g1.shape).numpy()
+    np.testing.assert_allclose(g1, expected, atol=1e-5)
+    assert float(g1[2].sum()) > float(g0[2].sum())
+    with pytest.raises(ValueError, match="class_balance must be >= 0"):
+        PixelClassifierMatcher(encoder, class_balance=-0.5)

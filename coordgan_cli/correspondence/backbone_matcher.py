@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from coordgan_cli.correspondence.hypercolumns import IGNORE, check_image, flip_mask, mirror_pairs
 from coordgan_cli.labelling.matchers import MatcherBase
@@ -18,6 +19,31 @@ class BackboneMatcher(MatcherBase):
     encoder: Any
     flip_swap: Optional[dict[int, int] | str] = None
     classes: list[int]
+    class_balance: float = 0.0
+
+    @staticmethod
+    def check_class_balance(alpha: float) -> float:
+        if alpha < 0:
+            raise ValueError(f"class_balance must be >= 0, got {alpha}")
+        return float(alpha)
+
+    def balance_weights(self, areas: torch.Tensor) -> torch.Tensor:
+        """(K,) weights on the class probabilities from the references' (K,) class areas.
+
+        A prediction learnt from the references carries their class frequencies as its prior;
+        part classes get (area / mean part area)^-class_balance, which divides that prior out
+        (fully at 1), so a small part is not outvoted by a large one only because the references
+        hold more of it. Background keeps weight 1; a class without area gets the largest part
+        weight (nothing votes for it anyway)."""
+        weights = torch.ones_like(areas, dtype=torch.float32)
+        parts = torch.tensor([c != 0 for c in self.classes], device=areas.device)
+        present = parts & (areas > 0)
+        if self.class_balance == 0 or not bool(present.any()):
+            return weights
+        shares = areas[present].float() / areas[present].float().mean()
+        weights[present] = shares.pow(-self.class_balance)
+        weights[parts & ~present] = weights[present].max()
+        return weights
 
     def fit(self, references) -> None:
         """Fit on ``labelling.References``: probabilities over ``references.classes``; with

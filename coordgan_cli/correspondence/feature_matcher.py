@@ -86,9 +86,7 @@ class FeatureVoteMatcher(BackboneMatcher):
         self.layout_grid = int(layout_grid)
         self.side = side
         self.background_weight = float(background_weight)
-        if class_balance < 0:
-            raise ValueError(f"class_balance must be >= 0, got {class_balance}")
-        self.class_balance = float(class_balance)
+        self.class_balance = self.check_class_balance(class_balance)
         self._balance: Optional[torch.Tensor] = None  # (K,) per-class vote weights
         self._pairs: list[tuple[int, int]] = []  # (index, index) of left/right classes in self.classes
         self._mirrored: Optional[torch.Tensor] = None  # (N,) bool: key from a mirrored reference
@@ -140,20 +138,6 @@ class FeatureVoteMatcher(BackboneMatcher):
         self._values = torch.cat(values, dim=1).t().contiguous()  # (N, K)
         self._balance = self.balance_weights(self._values.sum(dim=0))
         return self
-
-    def balance_weights(self, areas: torch.Tensor) -> torch.Tensor:
-        """(K,) vote weights from the references' (K,) class areas: part classes
-        (area / mean part area)^-class_balance, background 1; a class without area gets the
-        largest weight of the others (it has no cells to vote for it anyway)."""
-        weights = torch.ones_like(areas)
-        parts = torch.tensor([c != 0 for c in self.classes], device=areas.device)
-        present = parts & (areas > 0)
-        if self.class_balance == 0 or not bool(present.any()):
-            return weights
-        shares = areas[present] / areas[present].mean()
-        weights[present] = shares.pow(-self.class_balance)
-        weights[parts & ~present] = weights[present].max()
-        return weights
 
     def _keys_of(self, feats: torch.Tensor) -> torch.Tensor:
         """(C, h, w) hypercolumns → (D, h, w) unit vectors (plus the weighted position)."""

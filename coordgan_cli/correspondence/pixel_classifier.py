@@ -44,6 +44,9 @@ class PixelClassifierMatcher(BackboneMatcher):
         label_scale: training/inference grid = feature grid × this.
         flip_swap, refine: as in ``FeatureVoteMatcher`` (mirrored references; edge refinement).
         seed: base seed; member m uses seed + m.
+        class_balance: α of the part-class balancing of the ensemble's probabilities (as in
+            ``FeatureVoteMatcher``: the classifier learns the references' class frequencies as
+            its prior; 0 = keep them).
     """
 
     name = "classifier"
@@ -52,8 +55,10 @@ class PixelClassifierMatcher(BackboneMatcher):
                  steps: int = 300, batch: int = 2048, lr: float = 3e-3, position: bool = True,
                  position_frequencies: int = 0, position_scale: float = 1.0, label_scale: int = 2,
                  flip_swap: Optional[dict[int, int] | str] = "auto", refine: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, class_balance: float = 0.5) -> None:
         self.encoder = encoder
+        self.class_balance = self.check_class_balance(class_balance)
+        self._balance: Optional[torch.Tensor] = None
         self.members = int(members)
         self.dims = int(dims)
         self.hidden = int(hidden)
@@ -95,7 +100,8 @@ class PixelClassifierMatcher(BackboneMatcher):
         """What the propagate resume key records."""
         return self.backbone_settings() | {
             "members": self.members, "dims": self.dims, "hidden": self.hidden, "steps": self.steps,
-            "position": self.position, "refine": self.refine, "seed": self.seed}
+            "position": self.position, "refine": self.refine, "seed": self.seed,
+            "class_balance": self.class_balance}
 
     def fit_arrays(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                    classes: Optional[Sequence[int]] = None, *,
@@ -119,6 +125,7 @@ class PixelClassifierMatcher(BackboneMatcher):
         self._scale = x.std(dim=0).clamp_min(1e-6)
         self._shift = x.mean(dim=0)
         x = (x - self._shift) / self._scale
+        self._balance = self.balance_weights(torch.bincount(y, minlength=len(self.classes)))
         self._models = [self._train_member(x, y, self.seed + m) for m in range(self.members)]
         return self
 
@@ -146,6 +153,8 @@ class PixelClassifierMatcher(BackboneMatcher):
             raise RuntimeError("call fit_arrays (or fit) before predicting")
         x = (self._cells(self.encoder.encode([check_image(image)])[0]) - self._shift) / self._scale
         member_probs = torch.stack([torch.softmax(m(x), dim=1) for m in self._models])  # (M, n, K)
+        member_probs = member_probs * self._balance.to(member_probs.device)  # the references' prior out
+        member_probs = member_probs / member_probs.sum(dim=2, keepdim=True).clamp_min(1e-8)
         mean = member_probs.mean(dim=0)
         winner = mean.argmax(dim=1)
         agreement = (member_probs.argmax(dim=2) == winner).float().mean(dim=0)
