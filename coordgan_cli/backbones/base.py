@@ -113,7 +113,7 @@ def backbone_names() -> list[str]:
 
 def _ensure_registered() -> None:
     # Importing the modules fills BACKBONES (kept lazy so `import coordgan_cli.backbones` is cheap).
-    from coordgan_cli.backbones import inception, torchvision_nets  # noqa: F401
+    from coordgan_cli.backbones import dinov2, inception, torchvision_nets  # noqa: F401
 
 
 def load_backbone(name: str, weights: Optional[str | Path] = None, device: torch.device | str = "cpu", *,
