@@ -249,3 +249,36 @@ def test_suggest_picks_with_dinov2_class_tokens(tmp_path):
     codes, kept = backbone_descriptors(list_images(folder), "dinov2", tmp_path / "w.pth", device=torch.device("cpu"))
     assert codes.shape == (7, WIDTH) and len(kept) == 7
     assert np.allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
+
+
+def test_train_matcher_data_adapts_a_head_on_dinov2(tmp_path):
+    """``train-matcher --data`` on the ViT's hypercolumns, then ``propagate`` with that head."""
+    from test_adapt import TINY, _run, smooth_image
+    from PIL import Image
+
+    from coordgan_cli.correspondence.projection_head import load_head
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(80, 100), (120, 90), (96, 96)]):
+        Image.fromarray(smooth_image(h, w, i)).save(folder / f"p{i}.png")
+    weights = tmp_path / "tiny_pretrain.pth"
+    torch.save(official_state(), weights)
+    out = tmp_path / "run"
+    result = _run("train-matcher", "--data", folder, "--out", out, "--backbone", "dinov2", "--backbone-weights",
+                  weights, *TINY, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["backbone"]["name"] == "dinov2"
+    _, record = load_head(out / "latest.pt")
+    assert record["layers"] == ["block0", "block1", "block2"] and record["channels"] == 3 * WIDTH
+    (tmp_path / "q").mkdir()
+    Image.fromarray(smooth_image(48, 80, 7)).save(tmp_path / "q" / "a.png")
+    Image.fromarray(np.repeat(np.arange(2, dtype=np.uint8) + 1, 32)[None].repeat(64, 0), mode="L").save(
+        tmp_path / "ref_mask.png")
+    Image.fromarray(smooth_image(64, 64, 8)).save(tmp_path / "ref.png")
+    labelled = _run("propagate", "--matcher", "features", "--matcher-ckpt", out / "latest.pt", "--backbone", "dinov2",
+                    "--backbone-weights", weights, "--ref", tmp_path / "ref.png", "--mask", tmp_path / "ref_mask.png",
+                    "--queries", tmp_path / "q", "--out", tmp_path / "labels", "--work-size", "96", "--json")
+    assert labelled.exit_code == 0, labelled.output
+    assert (tmp_path / "labels" / "labels" / "a.png").is_file()
