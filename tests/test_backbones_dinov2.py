@@ -135,7 +135,7 @@ def test_both_layouts_and_a_training_checkpoint_of_the_same_weights_agree(tmp_pa
     torch.save(state, tmp_path / "official.pth")
     # timm's own converter (the one its pretrained loader uses) gives the timm layout.
     model = build_vit({"width": WIDTH, "depth": DEPTH, "registers": 4, "grid": GRID, "mlp": 4 * WIDTH,
-                       "layer_scale": True})
+                       "layer_scale": True}, device="meta")  # only its shapes are read
     torch.save(checkpoint_filter_fn(dict(state), model), tmp_path / "timm.pth")
     # A DINOv2 training checkpoint: {"teacher": {"backbone.blocks.<chunk>.<i>.…", heads…}}.
     def chunk(key: str) -> str:  # blocks.N. → blocks.<N // 2>.N. (chunks of two blocks)
@@ -169,10 +169,10 @@ def test_stride_sets_the_grid_the_hypercolumn_encoder_expects(tmp_path):
 
 
 def test_named_sizes_check_the_file_and_default_to_late_blocks(tmp_path):
-    """A ViT-S sized file loads as dinov2_vits14 (blocks 5, 8, 11 by default); the same weights with
-    registers are refused by name, pointing at dinov2_vits14_reg."""
-    arch = {"width": 384, "depth": 12, "registers": 0, "grid": 37, "mlp": 1536, "layer_scale": True}
-    state = build_vit(arch).state_dict()
+    """timm's own ViT-S/14 DINOv2 (random weights) loads as dinov2_vits14 (blocks 5, 8, 11 by default);
+    the same weights with registers are refused by name, pointing at dinov2_vits14_reg."""
+    state = timm.create_model("vit_small_patch14_dinov2", pretrained=False).state_dict()
+    assert state["pos_embed"].shape == (1, 1 + 37 * 37, 384)
     torch.save(state, tmp_path / "dinov2_vits14_pretrain.pth")
     bb = load_backbone("dinov2_vits14", tmp_path / "dinov2_vits14_pretrain.pth")
     assert bb.layers == ["block5", "block8", "block11"] and bb.channels == 3 * 384
@@ -282,3 +282,13 @@ def test_train_matcher_data_adapts_a_head_on_dinov2(tmp_path):
                     "--queries", tmp_path / "q", "--out", tmp_path / "labels", "--work-size", "96", "--json")
     assert labelled.exit_code == 0, labelled.output
     assert (tmp_path / "labels" / "labels" / "a.png").is_file()
+
+
+def test_half_precision_file_loads_as_float32(tmp_path):
+    state = official_state(registers=4)
+    torch.save({k: v.half() for k, v in state.items()}, tmp_path / "half.pth")
+    torch.save({k: v.half().float() for k, v in state.items()}, tmp_path / "full.pth")
+    half, full = load_backbone("dinov2", tmp_path / "half.pth"), load_backbone("dinov2", tmp_path / "full.pth")
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in half.parameters())
+    x = torch.rand(1, 3, 42, 56)
+    assert torch.equal(half.features(x), full.features(x))

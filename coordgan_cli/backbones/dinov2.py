@@ -161,8 +161,12 @@ def _size_name(width: int, depth: int, registers: int) -> Optional[str]:
     return next((n for n, size in SIZES.items() if size == (width, depth, registers)), None)
 
 
-def build_vit(arch: dict[str, int | bool]) -> torch.nn.Module:
-    """timm's VisionTransformer of that size (random weights skipped; the caller loads them)."""
+def build_vit(arch: dict[str, int | bool], device: Optional[str] = None) -> torch.nn.Module:
+    """timm's VisionTransformer of that size, UNINITIALISED (timm's init skipped: the caller loads
+    every tensor from a file; ``load_into`` checks that none is left out).
+
+    ``device="meta"`` allocates nothing (the loader then assigns the file's tensors): ViT-L builds
+    in milliseconds instead of seconds and its weights are not held twice."""
     from timm.models.vision_transformer import VisionTransformer
 
     width, registers = int(arch["width"]), int(arch["registers"])
@@ -170,13 +174,14 @@ def build_vit(arch: dict[str, int | bool]) -> torch.nn.Module:
         img_size=int(arch["grid"]) * PATCH, patch_size=PATCH, embed_dim=width, depth=int(arch["depth"]),
         num_heads=width // HEAD_WIDTH, mlp_ratio=int(arch["mlp"]) / width,
         init_values=1e-5 if arch["layer_scale"] else None, reg_tokens=registers, no_embed_class=registers > 0,
-        num_classes=0, dynamic_img_size=True, weight_init="skip")
+        num_classes=0, dynamic_img_size=True, weight_init="skip", device=device)
 
 
 def load_dinov2(name: str, weights: Path, layers: Optional[Sequence[str]] = None,
                 stride: Optional[int] = None) -> DinoV2Backbone:
     """Read ``weights`` (either layout), check it is ``name``'s size, build and load the ViT."""
     state = _plain_keys(read_state_dict(weights, name))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # e.g. a half-precision file
     if "mask_token" in state or "register_tokens" in state:
         state = official_to_timm(state)
     arch = _architecture(state, weights, name)
@@ -187,8 +192,8 @@ def load_dinov2(name: str, weights: Path, layers: Optional[Sequence[str]] = None
         raise UserError(f"{weights}: not {name} weights (the file is a ViT of width {arch['width']}, "
                         f"{arch['depth']} blocks, {arch['registers']} registers; {name} has {width}, {depth}, "
                         f"{registers}); {advice}")
-    net = build_vit(arch)
-    load_into(net, state, weights, name, ignore=lambda k: k.startswith(("head.", "fc_norm.")))
+    net = build_vit(arch, device="meta")
+    load_into(net, state, weights, name, ignore=lambda k: k.startswith(("head.", "fc_norm.")), assign=True)
     return DinoV2Backbone(name, net, layers, stride)
 
 
