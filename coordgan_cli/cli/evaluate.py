@@ -71,7 +71,8 @@ def evaluate(
                                        "all the others (small sets); scored as one query set."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone of the features / classifier "
                                            "columns and the photos' cosine-NN: inception (ships, default) | "
-                                           "resnet18/34/50/101 (with --backbone-weights)."),
+                                           "resnet18/34/50/101, dinov2_vits14/vitb14/vitl14[_reg], dinov2 "
+                                           "(with --backbone-weights)."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Weights file of --backbone "
                                                     "(a state dict you downloaded; nothing downloads)."),
     vote: Optional[str] = typer.Option(None, "--vote", help="Coordinate vote: soft (softmax vote, as in the paper; "

@@ -53,7 +53,9 @@ def propagate(
                                 "(--store/--ckpt/--model), correlation when --matcher-ckpt is, else features "
                                 "(the best on real photos); the choice is printed."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone of --matcher features/classifier: "
-                                           "inception (ships, default) | resnet18/34/50/101 "
+                                           "inception (ships, default) | resnet18/34/50/101 | "
+                                           "dinov2_vits14/vitb14/vitl14[_reg] "
+                                           "(official DINOv2 *_pretrain.pth or timm file), dinov2 (any size) "
                                            "(these need --backbone-weights)."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Weights file for --backbone "
                                                     "(a state dict you downloaded; nothing downloads)."),

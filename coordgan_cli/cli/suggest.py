@@ -47,7 +47,8 @@ def suggest(
                                "| farthest (the K most different images; greedy max-min)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Pretrained backbone whose global descriptor "
                                            "describes the images (as the features/classifier matchers): inception "
-                                           "(default, shipped), resnet18/34/50/101 (need "
+                                           "(default, shipped), resnet18/34/50/101, "
+                                           "dinov2_vits14/vitb14/vitl14[_reg], dinov2 (need "
                                            "--backbone-weights)."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="The backbone's weights file "
                                                     "(state dict placed on disk; nothing downloads)."),

@@ -7,9 +7,9 @@ and described in batches, so memory is O(batch) for pixels and O(N·D) for the r
 
 ``backbone``: the global descriptor of a pretrained backbone from the registry
 (``coordgan_cli.backbones``, the same names and weights files as the real-photo matchers; its
-deepest layer average-pooled, L2-normalised), each image resized to a square input first —
-299² for the default ``inception`` (the Inception-v3 that FID uses, so its 2048-d pool
-features), 224² for the others. ``structure``: the CoordGAN encoder's structure code w
+deepest layer average-pooled, or a DINOv2 ViT's class token; L2-normalised), each image resized
+to a square input first — 299² for the default ``inception`` (the Inception-v3 that FID uses, so
+its 2048-d pool features), 224² for the others. ``structure``: the CoordGAN encoder's structure code w
 (``inference.CorrespondenceModel.structure_codes``), which ignores texture by construction and
 so groups images by pose/shape.
 """
