@@ -87,7 +87,8 @@ def make_matcher(kind: str, encoder: HypercolumnEncoder, args, swap):
     return PixelClassifierMatcher(encoder, members=args.members, dims=args.dims, hidden=args.hidden, steps=args.steps,
                                   position=args.position_scale > 0, position_scale=max(args.position_scale, 0.0),
                                   position_frequencies=args.position_frequencies, label_scale=args.label_scale,
-                                  flip_swap=flip, refine=not args.no_refine, seed=args.seed)
+                                  flip_swap=flip, refine=not args.no_refine, seed=args.seed,
+                                  class_balance=args.class_balance)
 
 
 def predict_ids(matcher, image: np.ndarray) -> np.ndarray:
@@ -156,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
                    help="features: left/right side from the pooled vote, or one per-query view decision")
     p.add_argument("--background-weight", type=float, default=1.0, help="features: background vote share × this")
     p.add_argument("--class-balance", type=float, default=0.5,
-                   help="features: part classes' vote shares × (area share / mean)^-α (0 = plain vote)")
+                   help="both matchers: part classes' shares × (area share / mean)^-α (0 = plain vote)")
     p.add_argument("--no-refine", action="store_true", help="bilinear upsampling only (no guided filter)")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--dims", type=int, default=128)
