@@ -46,6 +46,9 @@ class ModelConfig:
     warp_hidden: int = _f(512, "hidden width of the coordinate warping MLP", lo=1)
     warp_layers: int = _f(3, "linear layers of the coordinate warping MLP", lo=2)
     pe_channels: int = _f(512, "Fourier positional-encoding channels of the correspondence map", lo=2)
+    pe_scale: float = _f(1.0, "initial frequency scale of the Fourier encoding (1: std pi/2 per canonical unit, "
+                         "about a quarter to one cycle across the square; larger: finer patterns, so a small "
+                         "map displacement moves edges; initialisation only)", lo=0.0, lo_open=True)
     synthesis_channels: int = _f(512, "channels of the modulated conv layers", lo=1)
     synthesis_layers: int = _f(10, "modulated 3x3 conv layers after the input layer (RGB skip every two)", lo=2)
     highres_channels: list[int] = _f([], "channels of the upsampling blocks appended for >coord_size output")
@@ -81,6 +84,8 @@ class LossConfig:
                           lo=0.0)
     chamfer: float = _f(100.0, "lambda_cham (supplement 100; reference code 200)", lo=0.0)
     warp: float = _f(5.0, "lambda_warp", lo=0.0)
+    warp_start: int = _f(0, "step at which the warp loss starts; its weight then ramps over warmup_steps "
+                         "(0: from step 0, ramped with the other terms)", lo=0)
     warp_tau: float = _f(0.0, "softmax temperature of the warp loss; 0 = derived from warp_reach and the map size",
                          lo=0.0)
     warp_reach: float = _f(0.635, "warp-kernel reach in map pixels when warp_tau = 0 (0.635 = the paper's "

@@ -152,3 +152,13 @@ def test_schedules_of_the_reference_code():
     assert not structure_swap_active(recipe, 9999) and structure_swap_active(recipe, 10000)
     cont = load_recipe(RECIPES / "celebamask-hq-512.toml")  # continuing a trained model
     assert gan_weight(cont, 0) == 2.0 and structure_swap_active(cont, 0)
+
+
+def test_warp_loss_starts_at_warp_start_and_ramps_from_there():
+    from coordgan_cli.training.generator_step import warp_weight
+
+    recipe = load_recipe(RECIPES / "celebamask-hq-128.toml")  # warp 5, warm-up 20 k, warp_start 0
+    assert recipe.losses.warp_start == 0
+    assert warp_weight(recipe, 0) == 0.0 and warp_weight(recipe, 10000) == 2.5 and warp_weight(recipe, 40000) == 5.0
+    late = dataclasses.replace(recipe, losses=dataclasses.replace(recipe.losses, warp_start=400, warmup_steps=200))
+    assert [warp_weight(late, s) for s in (0, 399, 400, 500, 600, 10000)] == [0.0, 0.0, 0.0, 2.5, 5.0, 5.0]

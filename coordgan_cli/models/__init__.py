@@ -32,7 +32,7 @@ def generator_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         mapping_lr_mul=cfg.mapping_lr_mul, warp_hidden=cfg.warp_hidden, warp_layers=cfg.warp_layers,
         pe_channels=cfg.pe_channels, channels=cfg.synthesis_channels, synthesis_layers=cfg.synthesis_layers,
         highres_channels=tuple(cfg.highres_channels), noise=cfg.noise, backward_mlp=cfg.backward_mlp,
-        warp_skip=cfg.warp_skip, warp_code_gain=cfg.warp_code_gain,
+        warp_skip=cfg.warp_skip, warp_code_gain=cfg.warp_code_gain, pe_scale=cfg.pe_scale,
     )
 
 

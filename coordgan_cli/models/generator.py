@@ -31,15 +31,17 @@ _CONST_NOISE_SEED = 20220330
 class FourierEncoding(nn.Module):
     """sin(1×1 conv(map)): (B, 2, H, W) → (B, channels, H, W).
 
-    Frequencies start low (std π/2 per coordinate: about a quarter to one cycle across the
-    canonical square) so an untrained generator already sees a smooth, informative code.
+    Frequencies start low (std π/2 per coordinate times ``scale``: at scale 1 about a quarter to
+    one cycle across the canonical square) so an untrained generator already sees a smooth,
+    informative code. A larger ``scale`` draws finer patterns, in which a displacement of the map
+    by a pixel or two moves edges rather than a smooth gradient.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, scale: float = 1.0) -> None:
         super().__init__()
         self.proj = nn.Conv2d(2, channels, 1)
         with torch.no_grad():
-            self.proj.weight.normal_(0.0, math.pi / 2)
+            self.proj.weight.normal_(0.0, scale * math.pi / 2)
             self.proj.bias.uniform_(-math.pi, math.pi)
 
     def forward(self, correspondence_map: torch.Tensor) -> torch.Tensor:
@@ -58,10 +60,10 @@ class SynthesisNetwork(nn.Module):
     """
 
     def __init__(self, coord_size: int, style_dim: int, pe_channels: int, channels: int, n_layers: int,
-                 highres_channels: Sequence[int] = ()) -> None:
+                 highres_channels: Sequence[int] = (), pe_scale: float = 1.0) -> None:
         super().__init__()
         self.coord_size = coord_size
-        self.pe = FourierEncoding(pe_channels)
+        self.pe = FourierEncoding(pe_channels, pe_scale)
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleDict()  # key: index of the conv it follows
         self.convs.append(StyledConv(pe_channels + 2, channels, 3, style_dim))
@@ -148,7 +150,7 @@ class Generator(nn.Module):
                  pe_channels: int = 512, channels: int = 512, synthesis_layers: int = 10,
                  highres_channels: Sequence[int] = (), noise: NoiseMode = "random",
                  backward_mlp: bool = False, warp_skip: bool = False,
-                 warp_code_gain: float = 1.0) -> None:
+                 warp_code_gain: float = 1.0, pe_scale: float = 1.0) -> None:
         super().__init__()
         if size != coord_size * 2 ** len(highres_channels):
             raise ValueError(f"size {size} != coord_size {coord_size} * 2^{len(highres_channels)}")
@@ -162,7 +164,7 @@ class Generator(nn.Module):
         self.mapping_texture = MappingNetwork(latent_dim, mapping_layers, mapping_lr_mul)
         self.warp = CoordinateWarp(latent_dim, warp_hidden, warp_layers, skip=warp_skip, code_gain=warp_code_gain)
         self.synthesis = SynthesisNetwork(coord_size, latent_dim, pe_channels, channels, synthesis_layers,
-                                          highres_channels)
+                                          highres_channels, pe_scale)
         self.backward_mlp = BackwardMLP(latent_dim, warp_hidden, warp_layers) if backward_mlp else None
 
     @property

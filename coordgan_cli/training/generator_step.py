@@ -150,6 +150,15 @@ def gan_weight(recipe: Recipe, step: int) -> float:
     return lo.gan_start + (lo.gan - lo.gan_start) * warmup_ramp(step, lo.warmup_steps)
 
 
+def warp_weight(recipe: Recipe, step: int) -> float:
+    """λ_warp at ``step``: 0 before ``losses.warp_start``, then ramped linearly to ``losses.warp`` over
+    the warm-up (counted from ``warp_start``)."""
+    lo = recipe.losses
+    if step < lo.warp_start:
+        return 0.0
+    return lo.warp * warmup_ramp(step - lo.warp_start, lo.warmup_steps)
+
+
 def structure_swap_active(recipe: Recipe, step: int) -> bool:
     """Whether the patch discriminator and the structure-swap loss act at ``step``."""
     return recipe.losses.structure_swap > 0 and step >= recipe.losses.structure_swap_start
@@ -308,14 +317,14 @@ def generator_step(state: TrainState, ctx: StepContext, step: int) -> dict[str, 
             "chamfer": losses.chamfer_loss(corr, grid),
         }
         weights = {"g_adv": gan_weight(ctx.recipe, step), "chamfer": lo.chamfer}
-        if lo.warp > 0:
+        if lo.warp > 0 and step >= lo.warp_start:
             # Each image rebuilt from its structure-swapped twin (same texture) and vice versa; the
             # image being rebuilt is a fixed target (detached, as in the reference code).
             parts["warp"] = losses.warp_loss(
                 _image_size_for(corr, image), _image_size_for(corr, struct_swap), corr, corr[partner],
                 warp_distance, warp_tau(ctx.recipe, corr.shape[-1]), distance=lo.warp_distance,
             )
-            weights["warp"] = lo.warp * ramp
+            weights["warp"] = warp_weight(ctx.recipe, step)
         if lo.texture_swap > 0:
             parts["texture_swap"] = losses.texture_swap_loss(image, tex_swap, texture_distance)
             weights["texture_swap"] = lo.texture_swap * (ramp if lo.texture_swap_ramp else 1.0)
