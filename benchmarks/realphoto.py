@@ -44,7 +44,7 @@ from coordgan_cli.data.folder import FolderDataset, read_folder_dataset  # noqa:
 from coordgan_cli.metrics.iou import IoUAccumulator  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from convert_realdata import convert_all  # noqa: E402
+from convert_realdata import DEFAULT_DATA, convert_all  # noqa: E402
 
 
 def identity_labels(masks: list[np.ndarray], size: tuple[int, int], num_classes: int) -> np.ndarray:
@@ -131,10 +131,7 @@ def run_set(kind: str, encoder, args, refs: FolderDataset, ref_idx: list[int], q
 def parser() -> argparse.ArgumentParser:
     """The benchmark's options (tests read its defaults from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # ../shared/data beside the checkout (a worktree one level deeper finds it one level up).
-    default_data = next((p / "shared" / "data" for p in (REPO.parent, REPO.parent.parent)
-                         if (p / "shared" / "data").is_dir()), REPO.parent / "shared" / "data")
-    p.add_argument("--data", type=Path, default=default_data)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--matchers", default="features,classifier")
     p.add_argument("--sets", default="cars,faces")

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from coordgan_cli.io.images import list_images, read_image  # noqa: E402
 from coordgan_cli.io.masks import read_mask  # noqa: E402
 from coordgan_cli.selection.select import farthest_first, representatives  # noqa: E402
+from convert_realdata import DEFAULT_DATA as SHARED_DATA  # noqa: E402
 
-DEFAULT_DATA = next((p / "shared" / "data" / "carparts_dsmlr" for p in (ROOT.parent, ROOT.parent.parent)
-                     if (p / "shared" / "data" / "carparts_dsmlr").is_dir()),
-                    ROOT.parent / "shared" / "data" / "carparts_dsmlr")
+DEFAULT_DATA = SHARED_DATA / "carparts_dsmlr"
 LAYERS = {"mixed_4": "Mixed_6b", "mixed_7": "Mixed_6e", "mixed_10": "Mixed_7c"}
 
 

@@ -39,15 +39,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from coordgan_cli.io.images import list_images, read_image  # noqa: E402
 from coordgan_cli.io.masks import read_mask  # noqa: E402
 from coordgan_cli.metrics.iou import IoUAccumulator  # noqa: E402
+from convert_realdata import DEFAULT_DATA as SHARED_DATA  # noqa: E402
 
-# ../shared/data beside the checkout (or beside its parent, for a worktree under wt/).
-DEFAULT_DATA = next((p / "shared" / "data" / "carparts_dsmlr" for p in (ROOT.parent, ROOT.parent.parent)
-                     if (p / "shared" / "data" / "carparts_dsmlr").is_dir()),
-                    ROOT.parent / "shared" / "data" / "carparts_dsmlr")
+DEFAULT_DATA = SHARED_DATA / "carparts_dsmlr"
 NUM_CLASSES = 19  # background + 18 parts
 HYPERCOLUMN_LAYERS = ("mixed_2", "mixed_7")  # Mixed_5d (288 ch, 35²) and Mixed_6e (768 ch, 17²)
 

@@ -28,7 +28,10 @@ CAR_CLASSES = ["background", "back_bumper", "back_glass", "back_left_door", "bac
                "wheel"]
 FACE_CLASSES = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
                 "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_REPO = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (or beside its parent, for a worktree one level deeper).
+DEFAULT_DATA = next((p / "shared" / "data" for p in (_REPO.parent, _REPO.parent.parent)
+                     if (p / "shared" / "data").is_dir()), _REPO.parent / "shared" / "data")
 
 
 def _write_labels(out: Path, names: list[str]) -> None:
