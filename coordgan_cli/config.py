@@ -56,6 +56,12 @@ class ModelConfig:
                          "untrained map starts near the identity")
     warp_code_gain: float = _f(1.0, "initial scale of the structure code's weights in the warp MLP's first layer "
                                "(larger: maps of different codes start further apart; initialisation only)", lo=0.0)
+    warp_affine: bool = _f(False, "a global affine head before the warp MLP: the structure code sets six numbers "
+                           "(turn, scale, shear, shift) that move the whole canonical grid, and the MLP bends it")
+    warp_affine_init: float = _f(0.05, "initial spread of the affine head's parameters across structure codes "
+                                 "(0.05: shifts of about 2.5 % of the image side; initialisation only)", lo=0.0)
+    warp_residual: float = _f(0.0, "bound on what the warp MLP adds to each (moved) grid point before its tanh "
+                              "(0: unbounded; 0.3: about 4 px of a 32 px map), so the map cannot fold", lo=0.0)
     noise: Literal["random", "const", "none"] = _f("random", "noise injection: random, const (deterministic) or none")
     backward_mlp: bool = _f(False, "train the backward MLP of CoordGAN-B")
     d_channel_multiplier: int = _f(2, "channel multiplier of the StyleGAN2 image discriminator", lo=1)

@@ -319,6 +319,101 @@ def test_warp_code_gain_field_spreads_the_untrained_maps_of_different_codes(tiny
     assert load_recipe(RECIPES / "synthetic-64.toml").model.warp_code_gain > 1.0
 
 
+def test_warp_affine_head_moves_the_whole_grid_before_the_mlp(tiny: ModelConfig) -> None:
+    """``model.warp_affine``: the warp MLP sees each canonical point moved by the code's pose
+    M·p + t. The pose is checked against the written-out rotation / scale / shear for set head
+    outputs, the warp against the same MLP evaluated at hand-moved points; the parameters stay
+    inside their bounds however large the head's output; the head starts with a spread of about
+    ``warp_affine_init`` across codes (untrained maps of different codes apart, more with a larger
+    spread); without the field there is no head, so older checkpoints still load."""
+    from coordgan_cli.models.warp import AFFINE_BOUNDS, AFFINE_LR_MUL
+
+    z = torch.randn(64, tiny.latent_dim, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    g = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True, warp_affine=True,
+                                                         warp_affine_init=0.1)))
+    assert "warp.affine.weight" in g.state_dict()
+    w = g.map_structure(z).detach()
+    with torch.no_grad():
+        m, t = g.warp.pose(w)
+    spread = torch.cat([m.reshape(-1, 4), t], 1).std(0)
+    assert bool(((spread > 0.03) & (spread < 0.3)).all()), spread
+
+    bounds = torch.tensor(AFFINE_BOUNDS)
+
+    def set_pose(values: list[float]) -> None:  # head output that gives these (θ, s, a, h, tx, ty)
+        with torch.no_grad():
+            g.warp.affine.weight.zero_()
+            g.warp.affine.bias.copy_(torch.atanh(torch.tensor(values) / bounds) * bounds / AFFINE_LR_MUL)
+
+    grid = canonical_grid(9, 9)
+    theta, scale, shear = 0.2, math.log(1.1), 0.1
+    rot = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    for values, m_true, t_true in [
+        ([0, 0, 0, 0, 0.25, -0.1], torch.eye(2), torch.tensor([0.25, -0.1])),
+        ([theta, 0, 0, 0, 0, 0], rot, torch.zeros(2)),
+        ([0, scale, 0, shear, 0, 0], 1.1 * torch.tensor([[1.0, shear], [0.0, 1.0]]), torch.zeros(2)),
+    ]:
+        set_pose(values)
+        with torch.no_grad():
+            m, t = g.warp.pose(w[:2])
+            torch.testing.assert_close(m, m_true.expand(2, 2, 2))
+            torch.testing.assert_close(t, t_true.expand(2, 2))
+            ours = g.warp.warp_points(w[:2], grid)
+            expected = g.warp.mlp(grid @ m_true.t() + t_true, w[:2])
+            plain = g.warp.mlp(grid, w[:2])
+            full = g.correspondence(w[:2], 9)
+        torch.testing.assert_close(ours, expected)
+        assert (ours - plain).abs().max() > 0.05  # the head really moved the map
+        torch.testing.assert_close(full, ours.transpose(1, 2).reshape(2, 2, 9, 9))
+    with torch.no_grad():  # a runaway head stays inside the bounds: no folded or vanishing grid
+        g.warp.affine.bias.fill_(1e4)
+        m, t = g.warp.pose(w[:2])
+    assert float(t.max()) <= AFFINE_BOUNDS[4] + 1e-6
+    assert 0.2 < float(torch.linalg.det(m).min()) < 5.0
+
+    def maps_apart(init: float) -> float:
+        torch.manual_seed(0)
+        gen = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True, warp_code_gain=0.0,
+                                                               warp_affine=True, warp_affine_init=init)))
+        with torch.no_grad():
+            maps = gen.correspondence(gen.map_structure(z[:8]))
+        return float((maps - maps.mean(0)).norm(dim=1).mean())
+
+    assert maps_apart(0.0) < 1e-5 < maps_apart(0.05) < maps_apart(0.2)
+    plain_g = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True)))
+    assert not any(k.startswith("warp.affine") for k in plain_g.state_dict())
+
+
+def test_warp_residual_bounds_what_the_mlp_adds(tiny: ModelConfig) -> None:
+    """``model.warp_residual``: the warp MLP's offset from the (moved) grid point is at most ±bound
+    before the final tanh, however far its weights run, so the map stays a bent copy of the grid;
+    the no-autograd inference path agrees with the training path; 0 leaves the MLP unbounded."""
+    from coordgan_cli.models.warp import SKIP_SCALE
+
+    z = torch.randn(4, tiny.latent_dim, generator=torch.Generator().manual_seed(5))
+    grid = canonical_grid(17, 17)
+    for bound in (0.0, 0.2):
+        torch.manual_seed(0)
+        g = Generator(**generator_kwargs(dataclasses.replace(tiny, warp_skip=True, warp_residual=bound)))
+        with torch.no_grad():
+            g.warp.mlp.last.weight.mul_(50.0)  # a runaway MLP
+            g.warp.mlp.last.bias.fill_(3.0)
+        w = g.map_structure(z).detach()
+        with torch.no_grad():
+            inference = g.warp.warp_points(w, grid)
+        with torch.enable_grad():
+            w_grad = w.clone().requires_grad_(True)
+            training = g.warp.warp_points(w_grad, grid)
+        torch.testing.assert_close(inference, training.detach(), atol=1e-5, rtol=1e-5)
+        offset = torch.atanh(inference.clamp(-0.999999, 0.999999)) - torch.atanh(SKIP_SCALE * grid)
+        if bound:
+            assert float(offset.abs().max()) <= bound + 1e-4
+            assert float(offset.abs().max()) > 0.9 * bound  # the bound is reached, not just respected
+        else:
+            assert float(offset.abs().max()) > 2.0
+
+
 def test_encoder_size_field_sets_the_encoder_input(tiny: ModelConfig) -> None:
     from coordgan_cli.models import encoder_kwargs
 

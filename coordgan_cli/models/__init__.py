@@ -33,6 +33,7 @@ def generator_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         pe_channels=cfg.pe_channels, channels=cfg.synthesis_channels, synthesis_layers=cfg.synthesis_layers,
         highres_channels=tuple(cfg.highres_channels), noise=cfg.noise, backward_mlp=cfg.backward_mlp,
         warp_skip=cfg.warp_skip, warp_code_gain=cfg.warp_code_gain, pe_scale=cfg.pe_scale,
+        warp_affine=cfg.warp_affine, warp_affine_init=cfg.warp_affine_init, warp_residual=cfg.warp_residual,
     )
 
 

@@ -142,7 +142,9 @@ class Generator(nn.Module):
     features, ``channels`` / ``synthesis_layers`` of the modulated convs, ``highres_channels`` of
     the upsampling blocks (size = coord_size · 2^len), ``noise`` mode, ``backward_mlp``, ``warp_skip``
     (the warping MLP starts near the identity map; see ``CoordinateWarp``), ``warp_code_gain`` (initial
-    scale of the structure code in the warping MLP: how far apart untrained maps of different codes are).
+    scale of the structure code in the warping MLP: how far apart untrained maps of different codes are),
+    ``warp_affine`` / ``warp_affine_init`` (a global affine head before the warping MLP and the initial
+    spread of its six parameters), ``warp_residual`` (bound on the warping MLP's offset; 0 = none).
     """
 
     def __init__(self, size: int = 128, coord_size: int = 128, latent_dim: int = 512, mapping_layers: int = 8,
@@ -150,7 +152,8 @@ class Generator(nn.Module):
                  pe_channels: int = 512, channels: int = 512, synthesis_layers: int = 10,
                  highres_channels: Sequence[int] = (), noise: NoiseMode = "random",
                  backward_mlp: bool = False, warp_skip: bool = False,
-                 warp_code_gain: float = 1.0, pe_scale: float = 1.0) -> None:
+                 warp_code_gain: float = 1.0, pe_scale: float = 1.0, warp_affine: bool = False,
+                 warp_affine_init: float = 0.05, warp_residual: float = 0.0) -> None:
         super().__init__()
         if size != coord_size * 2 ** len(highres_channels):
             raise ValueError(f"size {size} != coord_size {coord_size} * 2^{len(highres_channels)}")
@@ -162,7 +165,8 @@ class Generator(nn.Module):
         self.noise_mode: str = noise
         self.mapping_structure = MappingNetwork(latent_dim, mapping_layers, mapping_lr_mul)
         self.mapping_texture = MappingNetwork(latent_dim, mapping_layers, mapping_lr_mul)
-        self.warp = CoordinateWarp(latent_dim, warp_hidden, warp_layers, skip=warp_skip, code_gain=warp_code_gain)
+        self.warp = CoordinateWarp(latent_dim, warp_hidden, warp_layers, skip=warp_skip, code_gain=warp_code_gain,
+                                   affine=warp_affine, affine_init=warp_affine_init, residual=warp_residual)
         self.synthesis = SynthesisNetwork(coord_size, latent_dim, pe_channels, channels, synthesis_layers,
                                           highres_channels, pe_scale)
         self.backward_mlp = BackwardMLP(latent_dim, warp_hidden, warp_layers) if backward_mlp else None

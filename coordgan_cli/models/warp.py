@@ -58,6 +58,11 @@ def canonical_grid_map(height: int, width: int, device: Optional[torch.device] =
 # has a useful slope (0.19 at the border), so the chamfer loss can spread it to the full square.
 SKIP_SCALE = 0.9
 
+# The affine head's bounds: turn (radians), log-scale, log-aspect, shear, x shift, y shift (canonical
+# units; the square is 2 wide), and its learning-rate multiplier (as the mapping networks').
+AFFINE_BOUNDS = (0.6, 0.4, 0.3, 0.3, 0.4, 0.4)
+AFFINE_LR_MUL = 0.1
+
 
 def _skip_term(points: torch.Tensor) -> torch.Tensor:
     return torch.atanh(SKIP_SCALE * points.clamp(-1.0, 1.0))
@@ -71,9 +76,10 @@ class PointMLP(nn.Module):
     is ever built; points are processed in chunks to bound memory.
     """
 
-    def __init__(self, latent_dim: int, hidden: int, n_layers: int, skip: bool = False) -> None:
+    def __init__(self, latent_dim: int, hidden: int, n_layers: int, skip: bool = False, bound: float = 0.0) -> None:
         super().__init__()
         self.skip = skip
+        self.bound = bound  # > 0: the last layer's output is bounded to ±bound (bound · tanh(out / bound))
         if n_layers < 2:
             raise ValueError("the point MLP needs at least 2 linear layers")
         self.latent_dim = latent_dim
@@ -88,6 +94,8 @@ class PointMLP(nn.Module):
         for layer in self.hidden_layers:
             h = torch.relu(layer(h))
         out = self.last(h)
+        if self.bound > 0:
+            out = self.bound * torch.tanh(out / self.bound)
         if self.skip:
             out = out + _skip_term(points)
         return torch.tanh(out)
@@ -117,6 +125,8 @@ class PointMLP(nn.Module):
                     h = torch.addmm(bias, h, weight).relu_()
                 block = out[i, start:start + rows]
                 torch.addmm(self.last.bias, h, w_last, out=block)
+                if self.bound > 0:
+                    block.div_(self.bound).tanh_().mul_(self.bound)
                 if self.skip:
                     block.add_(_skip_term(pts[start:start + rows]))
         return out.tanh_()
@@ -151,28 +161,69 @@ class CoordinateWarp(nn.Module):
     ``code_gain`` multiplies the structure code's weights of the first layer at initialisation
     (only): maps of different codes start that much further apart.
 
+    ``affine`` adds a global affine head: the MLP sees each grid point moved by the code's own
+    pose M·p + t (turn, scale, stretch, shear, shift: six bounded numbers from one linear layer of
+    w, spread about ``affine_init`` at initialisation; see ``pose``), so pose is one cheap factor of
+    the structure code. ``residual`` > 0 bounds what the MLP adds to the (moved) point, before the
+    final tanh, to ±``residual``: the map stays a bent copy of the grid and cannot fold into a corner.
+
     ``forward(w_structure (B, D), size=int|(H, W)) -> (B, 2, H, W)`` in [-1, 1] (tanh output):
     for each canonical grid position, the canonical coordinate of the semantic point drawn there.
     ``warp_points(w (B, D), points (N, 2)) -> (B, N, 2)`` evaluates arbitrary positions.
     """
 
     def __init__(self, latent_dim: int, hidden: int = 512, n_layers: int = 3, skip: bool = False,
-                 code_gain: float = 1.0) -> None:
+                 code_gain: float = 1.0, affine: bool = False, affine_init: float = 0.05,
+                 residual: float = 0.0) -> None:
         super().__init__()
-        self.mlp = PointMLP(latent_dim, hidden, n_layers, skip=skip)
+        self.mlp = PointMLP(latent_dim, hidden, n_layers, skip=skip, bound=residual)
+        # Global affine head: the structure code turns, scales, stretches, shears and shifts the
+        # whole grid before the MLP bends it, so a pose change is six numbers rather than a learnt
+        # field. Each number is bounded (tanh) and learns at AFFINE_LR_MUL of the rate, so the
+        # adversarial game cannot fold the grid (unbounded, the head sheared it flat in 700 steps).
+        self.affine = nn.Linear(latent_dim, 6) if affine else None
         with torch.no_grad():
             if skip:
                 self.mlp.last.bias.zero_()
             # code_gain scales how much the untrained map depends on the structure code.
             self.mlp.first.weight[:, 2:].mul_(code_gain)
+            if self.affine is not None:
+                # Each parameter starts with a spread of about ``affine_init`` across unit-variance
+                # codes (in its own units: radians, log-scale, shift), and code 0 draws the identity.
+                self.affine.weight.normal_(0.0, affine_init / latent_dim ** 0.5 / AFFINE_LR_MUL)
+                self.affine.bias.zero_()
+
+    def pose(self, w_structure: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine head's (M (B, 2, 2), t (B, 2)): a grid point p moves to M·p + t, with
+        M = rotation(θ) · diag(e^(s+a), e^(s-a)) · [[1, h], [0, 1]] and (θ, s, a, h, t) each bounded
+        by ``AFFINE_BOUNDS`` (tanh). Requires the head (``affine=True``)."""
+        if self.affine is None:
+            raise RuntimeError("this warp has no affine head (model.warp_affine = false)")
+        bounds = torch.tensor(AFFINE_BOUNDS, dtype=w_structure.dtype, device=w_structure.device)
+        p = bounds * torch.tanh(self.affine(w_structure) * AFFINE_LR_MUL / bounds)
+        theta, log_scale, log_aspect, shear = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        sx, sy = torch.exp(log_scale + log_aspect), torch.exp(log_scale - log_aspect)
+        # rotation @ diag(sx, sy) @ [[1, shear], [0, 1]], written out.
+        m = torch.stack([torch.stack([cos * sx, cos * sx * shear - sin * sy], -1),
+                         torch.stack([sin * sx, sin * sx * shear + cos * sy], -1)], -2)
+        return m, p[:, 4:]
+
+    def affine_points(self, w_structure: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Points (N, 2) → (B, N, 2) moved by each code's pose M·p + t (``pose``); without the
+        affine head the points unchanged."""
+        if self.affine is None:
+            return points
+        m, t = self.pose(w_structure)
+        return points.to(m.dtype) @ m.transpose(1, 2) + t[:, None, :]
 
     def warp_points(self, w_structure: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return self.mlp(points, w_structure)
+        return self.mlp(self.affine_points(w_structure, points), w_structure)
 
     def forward(self, w_structure: torch.Tensor, size: Size) -> torch.Tensor:
         h, w = _hw(size)
         grid = canonical_grid(h, w, device=w_structure.device, dtype=w_structure.dtype)
-        out = self.mlp(grid, w_structure)  # (B, H*W, 2)
+        out = self.warp_points(w_structure, grid)  # (B, H*W, 2)
         return out.transpose(1, 2).reshape(w_structure.shape[0], 2, h, w)
 
 
