@@ -90,3 +90,44 @@ def test_pure_losses():
     c = torch.zeros(2, 2, 3, 3)
     code, cmap = latent_consistency_loss(w + 1, w, c - 0.25, c)
     assert code.item() == 1.0 and cmap.item() == 0.25
+
+
+def test_equivariance_loss_separates_a_map_that_follows_the_warp_from_one_that_does_not():
+    """``encoder.equivariance``: a warped image's map must be the original's map resampled at T(p).
+    With the canonical grid as the original's map, the map that follows the warp costs ~0, one
+    2 px off (32 px map) clearly more, and the unmoved map (an encoder that ignores the warp) more
+    still; ``warp_by`` moves pixels exactly as the loss assumes (a 2 px shift by hand)."""
+    from coordgan_cli.models import canonical_grid_map
+    from coordgan_cli.training.encoder_step import equivariance_loss, random_affine, warp_by
+
+    size = 32
+    grid = canonical_grid_map(size, size).expand(3, -1, -1, -1)
+    affine = random_affine(3, 15.0, 0.15, 0.1, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert affine.shape == (3, 2, 3)
+    follows = warp_by(grid, affine)  # the true map of the warped image
+    px = 2 / (size - 1)
+    right = equivariance_loss(follows, grid, affine).item()
+    off = equivariance_loss(follows + torch.tensor([2 * px, 0.0])[None, :, None, None], grid, affine).item()
+    unmoved = equivariance_loss(grid, grid, affine).item()
+    assert right < 1e-5
+    assert off > 0.05 and unmoved > off * 0.5 and unmoved > 0.02
+    # warp_by samples at T(p): a shift of b moves the content by -b, checked against slicing.
+    x = torch.rand(1, 3, size, size)
+    shift = torch.tensor([[[1.0, 0.0, 2 * px], [0.0, 1.0, 0.0]]])
+    torch.testing.assert_close(warp_by(x, shift)[..., :, :-2], x[..., :, 2:])
+    # The sampled warps stay inside their ranges.
+    a = random_affine(500, 10.0, 0.2, 0.05, torch.Generator().manual_seed(1), torch.device("cpu"))
+    scale = torch.linalg.det(a[:, :, :2]).sqrt()
+    turn = torch.rad2deg(torch.atan2(a[:, 1, 0], a[:, 0, 0]))
+    assert float(turn.abs().max()) <= 10.0 + 1e-4 and float(turn.abs().max()) > 9.0
+    assert 0.8 - 1e-5 <= float(scale.min()) and float(scale.max()) <= 1.2 + 1e-5
+    assert float(a[:, :, 2].abs().max()) <= 0.05 + 1e-6
+
+
+def test_equivariance_term_trains_and_is_logged(setup, tmp_path):
+    res = _train(setup, tmp_path / "eq", "--max-steps", "2", "--set", "encoder.equivariance=5")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "eq" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["equivariance"]) and r["equivariance"] > 0 for r in rows)
+    res = _train(setup, tmp_path / "plain", "--max-steps", "1")
+    assert "equivariance" not in json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[0])

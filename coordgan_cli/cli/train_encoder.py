@@ -14,7 +14,7 @@ from coordgan_cli.cli.train import (
 
 # The encoder stage's losses in the progress bar, with their short names.
 ENCODER_LOSSES = {"rec_l1": "L1", "rec_perceptual": "perc", "con_code": "con_w", "con_map": "con_map",
-                  "texture_swap": "tex"}
+                  "texture_swap": "tex", "equivariance": "equi"}
 
 
 def train_encoder_command(

@@ -13,6 +13,12 @@ chunk, purpose), so single- and multi-process runs and resumed runs agree):
 - texture swap (λ_t = ``encoder.texture_swap``): G(corr(E_s(x_A)), E_t(x_B)) must keep A's layout:
   ``losses.texture_distance`` (layout distance by default, or perceptual) to x̂_A (pairs (A, B) =
   (i, i ^ 1) within a chunk).
+- equivariance (λ_eq = ``encoder.equivariance``; 0 in the paper's objective): each real image is
+  warped by a random affine map T (turn, scale, shift within ``encoder.equivariance_*``); the
+  semantic point at p in the warped image is the one at T(p) in the original, so the warped image's
+  map must equal the original's map resampled at T(p) (L1 over the pixels whose T(p) lies inside
+  the image). Self-supervision on real photos: it teaches the encoder to move the map with the
+  face, which the reconstruction of a blurry early generator barely does.
 
 The generator is frozen (no gradients to it; gradients flow *through* it to the encoder). The
 stage runs on the generator stage's driver (``loop.run_training``: run directory, data stream,
@@ -23,6 +29,7 @@ and what a sample grid shows differ (:class:`EncoderStage`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -48,7 +55,7 @@ from coordgan_cli.training.run_dir import RunDir
 from coordgan_cli.training.samples import colour_correspondence
 
 # Purposes of the per-chunk random generators (distinct from the generator stage's).
-_E_CODES, _E_INIT = 21, 22
+_E_CODES, _E_INIT, _E_WARP = 21, 22, 23
 SAMPLE_IMAGES = 4
 # Recipe fields that may change when an encoder run is resumed.
 RESUMABLE_CHANGES = {"schedule", "data.path", "data.workers", "output.dir", "encoder.steps"}
@@ -69,6 +76,33 @@ def latent_consistency_loss(w_predicted: torch.Tensor, w_true: torch.Tensor, cor
     """(code L1, map L1): recovered structure w (B, D) vs the sampled one, and the correspondence map
     (B, 2, H, W) drawn from the recovered w vs the generated image's own map."""
     return (w_predicted - w_true).abs().mean(), (corr_predicted - corr_true).abs().mean()
+
+
+def random_affine(n: int, turn_degrees: float, scale: float, shift: float, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """(n, 2, 3) affine maps T(p) = A·p + b in normalised coordinates ([-1, 1], as ``affine_grid``):
+    a turn uniform in ±``turn_degrees``, a scale uniform in 1 ± ``scale``, a shift uniform in ±``shift``."""
+    u = torch.rand(n, 4, generator=generator, device=device) * 2 - 1
+    theta = u[:, 0] * math.radians(turn_degrees)
+    s = 1 + u[:, 1] * scale
+    cos, sin = torch.cos(theta) * s, torch.sin(theta) * s
+    return torch.stack([torch.stack([cos, -sin, u[:, 2] * shift], 1), torch.stack([sin, cos, u[:, 3] * shift], 1)], 1)
+
+
+def warp_by(images: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """images (B, C, H, W) resampled at T(p) for every pixel p (bilinear, border padding; pixel centres
+    at linspace(-1, 1), as the canonical grid)."""
+    grid = F.affine_grid(affine.to(images.dtype), list(images.shape), align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def equivariance_loss(corr_warped: torch.Tensor, corr: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the warped image's map (B, 2, H, W) and the original's map ``corr`` resampled
+    at T(p) (``affine`` (B, 2, 3)), over the pixels whose T(p) lies inside the image."""
+    grid = F.affine_grid(affine.to(corr.dtype), list(corr.shape), align_corners=True)
+    target = F.grid_sample(corr, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    inside = (grid.abs() <= 1).all(-1)[:, None].to(corr.dtype)  # (B, 1, H, W)
+    return ((corr_warped - target).abs() * inside).sum() / (inside.sum() * corr.shape[1]).clamp_min(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +160,13 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
 
         total = (cfg.reconstruction * (rec_l1 + rec_perc) + cfg.consistency * (parts["con_code"] + parts["con_map"])
                  + cfg.texture_swap * parts["texture_swap"])
+        if cfg.equivariance > 0:
+            warp_gen = chunk_generator(ctx.seed, step, chunk, _E_WARP, ctx.dist.device)
+            affine = random_affine(n, cfg.equivariance_turn, cfg.equivariance_scale, cfg.equivariance_shift,
+                                   warp_gen, real.device)
+            corr_warped = g.correspondence(enc.encode_structure(warp_by(real, affine)))
+            parts["equivariance"] = equivariance_loss(corr_warped, corr, affine)
+            total = total + cfg.equivariance * parts["equivariance"]
         (total * scale).backward()
         for k, v in parts.items():
             logs[k] = logs.get(k, 0.0) + v.item() * scale
