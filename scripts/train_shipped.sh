@@ -2,12 +2,12 @@
 # Recreate the shipped CoordGAN (coordgan_cli/shipped/faces.pt: generator + encoder in one file)
 # from scratch on CPU: synthetic faces -> `coordgan train` -> `coordgan train-encoder` ->
 # evaluation on a seed it never saw -> scripts/ship_model.py.
-# Measured on 2 shared CPU cores: synth ~1 min, GAN 3000 steps 70 min, encoder 1500 steps 10 min,
-# evaluation 8 min. ship_model.py ships only a model that clears the bar (mean IoU >= 0.80 and
-# >= 0.30 above copying the reference mask, paper protocol, unseen seed). The CPU-sized runs of
-# this release did not (2026-11-30: mean IoU 0.131-0.141 against identity 0.142; the structure
-# code owns the layout, but after 3000 steps the samples are patterns, not faces), so no CoordGAN
-# model ships yet; on a GPU raise schedule.steps.
+# Measured on 2 shared CPU cores: synth ~1 min, GAN 8000 steps 61 min (one thread), encoder 1500
+# steps 10 min, evaluation 8 min. ship_model.py ships only a model that clears the bar (mean IoU
+# >= 0.80 and >= 0.30 above copying the reference mask, paper protocol, unseen seed). The CPU-sized
+# runs of this release did not (2026-11-30, with the pose head: the samples are faces and PCK@0.1
+# reached 0.890, but mean IoU 0.122-0.146 against identity 0.147, one reference: the encoder does
+# not recover a real face's pose; README "A pose head"), so no CoordGAN model ships yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-data/shipped-faces}
