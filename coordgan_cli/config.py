@@ -57,7 +57,8 @@ class ModelConfig:
     warp_code_gain: float = _f(1.0, "initial scale of the structure code's weights in the warp MLP's first layer "
                                "(larger: maps of different codes start further apart; initialisation only)", lo=0.0)
     warp_affine: bool = _f(False, "a global affine head before the warp MLP: the structure code sets six numbers "
-                           "(turn, scale, shear, shift) that move the whole canonical grid, and the MLP bends it")
+                           "(turn, scale, stretch, shear, shift) that move the whole canonical grid, "
+                           "and the MLP bends it")
     warp_affine_init: float = _f(0.05, "initial spread of the affine head's parameters across structure codes "
                                  "(0.05: shifts of about 2.5 % of the image side; initialisation only)", lo=0.0)
     warp_residual: float = _f(0.0, "bound on what the warp MLP adds to each (moved) grid point before its tanh "

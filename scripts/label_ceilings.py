@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root
     for need in ("correspondence.h5", "keypoints.json", "labels.json", "masks"):
         if not (root / need).exists():
-            print(f"error: {root / need}: missing; SYNTH_SET must be a `coordgan synth` output folder", file=sys.stderr)
+            print(f"error: {root / need}: missing; SYNTH_SET must be a `coordgan synth` output folder",
+                  file=sys.stderr)
             return 2
     with h5py.File(root / "correspondence.h5", "r") as f:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]

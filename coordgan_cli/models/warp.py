@@ -180,7 +180,7 @@ class CoordinateWarp(nn.Module):
         # Global affine head: the structure code turns, scales, stretches, shears and shifts the
         # whole grid before the MLP bends it, so a pose change is six numbers rather than a learnt
         # field. Each number is bounded (tanh) and learns at AFFINE_LR_MUL of the rate, so the
-        # adversarial game cannot fold the grid (unbounded, the head sheared it flat in 700 steps).
+        # adversarial game cannot fold the grid (unbounded, head and MLP sheared it flat in 700 steps).
         self.affine = nn.Linear(latent_dim, 6) if affine else None
         with torch.no_grad():
             if skip:
