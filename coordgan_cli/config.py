@@ -151,6 +151,8 @@ class EncoderStageConfig:
     texture_swap: float = _f(5.0, "lambda_t", lo=0.0)
     equivariance: float = _f(0.0, "lambda_eq: a real image warped by a random affine map must get its map warped "
                              "the same way (L1 on the map; 0 = the paper's objective)", lo=0.0)
+    warped_consistency: float = _f(0.0, "lambda_wc: a generated image warped by a random affine map (the "
+                                   "equivariance_* ranges) must get its true map warped the same way (L1)", lo=0.0)
     equivariance_turn: float = _f(15.0, "largest turn of those random warps, degrees", lo=0.0)
     equivariance_scale: float = _f(0.15, "largest relative scale change of those warps", lo=0.0, hi=0.9)
     equivariance_shift: float = _f(0.1, "largest shift of those warps, fraction of the image half-side", lo=0.0)

@@ -124,10 +124,13 @@ def test_equivariance_loss_separates_a_map_that_follows_the_warp_from_one_that_d
     assert float(a[:, :, 2].abs().max()) <= 0.05 + 1e-6
 
 
-def test_equivariance_term_trains_and_is_logged(setup, tmp_path):
-    res = _train(setup, tmp_path / "eq", "--max-steps", "2", "--set", "encoder.equivariance=5")
+def test_equivariance_terms_train_and_are_logged(setup, tmp_path):
+    res = _train(setup, tmp_path / "eq", "--max-steps", "2", "--set", "encoder.equivariance=5",
+                 "--set", "encoder.warped_consistency=5")
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (tmp_path / "eq" / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["equivariance"]) and r["equivariance"] > 0 for r in rows)
+    for key in ("equivariance", "warped_consistency"):
+        assert all(np.isfinite(r[key]) and r[key] > 0 for r in rows), key
     res = _train(setup, tmp_path / "plain", "--max-steps", "1")
-    assert "equivariance" not in json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[0])
+    plain = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "equivariance" not in plain and "warped_consistency" not in plain

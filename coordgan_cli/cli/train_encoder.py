@@ -14,7 +14,8 @@ from coordgan_cli.cli.train import (
 
 # The encoder stage's losses in the progress bar, with their short names.
 ENCODER_LOSSES = {"rec_l1": "L1", "rec_perceptual": "perc", "con_code": "con_w", "con_map": "con_map",
-                  "texture_swap": "tex", "equivariance": "equi"}
+                  "texture_swap": "tex", "equivariance": "equi",
+                  "warped_consistency": "wcon"}
 
 
 def train_encoder_command(

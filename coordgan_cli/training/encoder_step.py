@@ -19,6 +19,9 @@ chunk, purpose), so single- and multi-process runs and resumed runs agree):
   map must equal the original's map resampled at T(p) (L1 over the pixels whose T(p) lies inside
   the image). Self-supervision on real photos: it teaches the encoder to move the map with the
   face, which the reconstruction of a blurry early generator barely does.
+- warped consistency (λ_wc = ``encoder.warped_consistency``; 0 in the paper's objective): a
+  generated image warped the same way must get its true map warped the same way — pose regression
+  with known answers over a wider range of poses than the generator draws.
 
 The generator is frozen (no gradients to it; gradients flow *through* it to the encoder). The
 stage runs on the generator stage's driver (``loop.run_training``: run directory, data stream,
@@ -55,7 +58,7 @@ from coordgan_cli.training.run_dir import RunDir
 from coordgan_cli.training.samples import colour_correspondence
 
 # Purposes of the per-chunk random generators (distinct from the generator stage's).
-_E_CODES, _E_INIT, _E_WARP = 21, 22, 23
+_E_CODES, _E_INIT, _E_WARP, _E_WARP_FAKE = 21, 22, 23, 24
 SAMPLE_IMAGES = 4
 # Recipe fields that may change when an encoder run is resumed.
 RESUMABLE_CHANGES = {"schedule", "data.path", "data.workers", "output.dir", "encoder.steps"}
@@ -167,6 +170,13 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
             corr_warped = g.correspondence(enc.encode_structure(warp_by(real, affine)))
             parts["equivariance"] = equivariance_loss(corr_warped, corr, affine)
             total = total + cfg.equivariance * parts["equivariance"]
+        if cfg.warped_consistency > 0:
+            warp_gen = chunk_generator(ctx.seed, step, chunk, _E_WARP_FAKE, ctx.dist.device)
+            affine = random_affine(n, cfg.equivariance_turn, cfg.equivariance_scale, cfg.equivariance_shift,
+                                   warp_gen, real.device)
+            corr_warped = g.correspondence(enc.encode_structure(warp_by(fake, affine)))
+            parts["warped_consistency"] = equivariance_loss(corr_warped, corr_true, affine)
+            total = total + cfg.warped_consistency * parts["warped_consistency"]
         (total * scale).backward()
         for k, v in parts.items():
             logs[k] = logs.get(k, 0.0) + v.item() * scale
