@@ -163,20 +163,17 @@ def encoder_step(state: EncoderTrainState, ctx: StepContext) -> dict[str, float]
 
         total = (cfg.reconstruction * (rec_l1 + rec_perc) + cfg.consistency * (parts["con_code"] + parts["con_map"])
                  + cfg.texture_swap * parts["texture_swap"])
-        if cfg.equivariance > 0:
-            warp_gen = chunk_generator(ctx.seed, step, chunk, _E_WARP, ctx.dist.device)
-            affine = random_affine(n, cfg.equivariance_turn, cfg.equivariance_scale, cfg.equivariance_shift,
-                                   warp_gen, real.device)
-            corr_warped = g.correspondence(enc.encode_structure(warp_by(real, affine)))
-            parts["equivariance"] = equivariance_loss(corr_warped, corr, affine)
-            total = total + cfg.equivariance * parts["equivariance"]
-        if cfg.warped_consistency > 0:
-            warp_gen = chunk_generator(ctx.seed, step, chunk, _E_WARP_FAKE, ctx.dist.device)
-            affine = random_affine(n, cfg.equivariance_turn, cfg.equivariance_scale, cfg.equivariance_shift,
-                                   warp_gen, real.device)
-            corr_warped = g.correspondence(enc.encode_structure(warp_by(fake, affine)))
-            parts["warped_consistency"] = equivariance_loss(corr_warped, corr_true, affine)
-            total = total + cfg.warped_consistency * parts["warped_consistency"]
+        # Equivariance on the real images (against their own maps) and warped consistency on the
+        # generated ones (against their true maps); each with its own stream of random warps.
+        for name, weight, images, maps, purpose in (
+                ("equivariance", cfg.equivariance, real, corr, _E_WARP),
+                ("warped_consistency", cfg.warped_consistency, fake, corr_true, _E_WARP_FAKE)):
+            if weight > 0:
+                affine = random_affine(n, cfg.equivariance_turn, cfg.equivariance_scale, cfg.equivariance_shift,
+                                       chunk_generator(ctx.seed, step, chunk, purpose, ctx.dist.device), real.device)
+                corr_warped = g.correspondence(enc.encode_structure(warp_by(images, affine)))
+                parts[name] = equivariance_loss(corr_warped, maps, affine)
+                total = total + weight * parts[name]
         (total * scale).backward()
         for k, v in parts.items():
             logs[k] = logs.get(k, 0.0) + v.item() * scale
