@@ -95,8 +95,8 @@ def test_pure_losses():
 def test_equivariance_loss_separates_a_map_that_follows_the_warp_from_one_that_does_not():
     """``encoder.equivariance``: a warped image's map must be the original's map resampled at T(p).
     With the canonical grid as the original's map, the map that follows the warp costs ~0, one
-    2 px off (32 px map) clearly more, and the unmoved map (an encoder that ignores the warp) more
-    still; ``warp_by`` moves pixels exactly as the loss assumes (a 2 px shift by hand)."""
+    2 px off (32 px map) clearly more, and so does the unmoved map (an encoder that ignores the
+    warp); ``warp_by`` moves pixels exactly as the loss assumes (a 2 px shift by hand)."""
     from coordgan_cli.models import canonical_grid_map
     from coordgan_cli.training.encoder_step import equivariance_loss, random_affine, warp_by
 
