@@ -30,17 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from coordgan_cli.correspondence.vote import propagate_map
 from coordgan_cli.io.masks import read_labels, read_mask
 from coordgan_cli.metrics.iou import IoUAccumulator, summarize
+from coordgan_cli.metrics.protocol import resize_labels_nearest
 
 
-def nearest_coordinate_labels(ref_map: np.ndarray, query_map: np.ndarray, ref_mask: np.ndarray) -> np.ndarray:
-    """(2, H, W) maps → the query's (H, W) labels: each pixel takes the label of the reference pixel
-    with the nearest canonical coordinate."""
-    ref = torch.from_numpy(ref_map.reshape(2, -1).T.copy())
-    query = torch.from_numpy(query_map.reshape(2, -1).T.copy())
-    nearest = torch.cdist(query, ref).argmin(1).numpy()
-    return ref_mask.ravel()[nearest].reshape(query_map.shape[1:])
+def nearest_coordinate_labels(ref_map: np.ndarray, query_map: np.ndarray, ref_mask: np.ndarray,
+                              num_classes: int) -> np.ndarray:
+    """The query's (H, W) labels by hard transfer (``propagate``'s nearest-coordinate vote)."""
+    return propagate_map(query_map, [(ref_map, ref_mask)], num_classes, mode="hard")[0]
 
 
 def coarse(correspondence: np.ndarray, size: int) -> np.ndarray:
@@ -84,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if q == r:
             continue
         truth = masks[name]
-        rows["true maps"].update(nearest_coordinate_labels(maps[r], maps[q], ref_mask), truth)
+        rows["true maps"].update(nearest_coordinate_labels(maps[r], maps[q], ref_mask, num_classes), truth)
         for s in args.map_size:
             rows[f"true maps at {s} px"].update(
-                nearest_coordinate_labels(coarse(maps[r], s), coarse(maps[q], s), ref_mask), truth)
+                nearest_coordinate_labels(coarse(maps[r], s), coarse(maps[q], s), ref_mask, num_classes), truth)
         kq = keypoints[image_id[name]]
         seen = (ref_kp[:, 2] > 0) & (kq[:, 2] > 0)
         h, w = truth.shape
@@ -97,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             warped = ref_mask if matrix is None else cv2.warpAffine(
                 ref_mask, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
             rows[key].update(warped, truth)
-        rows["identity"].update(ref_mask if ref_mask.shape == truth.shape else
-                                cv2.resize(ref_mask, (w, h), interpolation=cv2.INTER_NEAREST), truth)
+        rows["identity"].update(resize_labels_nearest(ref_mask, truth.shape), truth)
     figures = {k: round(float(summarize({"all": a}, num_classes).miou), 4) for k, a in rows.items()}
     if args.json:
         print(json.dumps({"root": str(root), "reference": args.ref, "queries": len(names) - 1, "miou": figures}))
