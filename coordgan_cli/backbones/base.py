@@ -164,7 +164,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name
     absent or extra when ``ignore(key)``); a mismatch is a UserError naming the file.
 
     ``assign=True`` puts the file's tensors in place of the model's (for a model built on the
-    meta device; then no ignored key may be missing, and the tensors become float32)."""
+    meta device; then no ignored key may be missing, and the tensors keep the file's dtype)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state and not ignore(k)]
     unexpected = [k for k in state if k not in own and not ignore(k)]
@@ -179,8 +179,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name
             k = bad_shape[0]
             parts.append(f"shape of {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
         raise UserError(f"{path}: not {name} weights ({'; '.join(parts)})")
-    if assign:
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
