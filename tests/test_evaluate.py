@@ -112,6 +112,26 @@ def test_synthetic_truth_near_perfect_and_shuffled_far_lower(tmp_path):
     assert bad["pck"]["0.1"] < good["pck"]["0.1"]
 
 
+def test_pck_identity_is_the_pck_of_a_store_of_pixel_grids(tmp_path):
+    """``pck_identity`` (keypoints left at their pixels) equals the PCK of a store holding every image's
+    own pixel grid, and a true store beats it: the floor is measured, not assumed."""
+    from coordgan_cli.models.warp import canonical_grid_map
+
+    root = make_synthetic(tmp_path / "syn", count=6, size=32)
+    args = ["evaluate", "--dataset", "synthetic", "--root", str(root), "--json"]
+    good = _json(runner.invoke(app, args + ["--store", str(root / "correspondence.h5")]))
+    with StoreReader(root / "correspondence.h5") as reader:
+        names, size = list(reader.names), tuple(reader.size)
+    grid = canonical_grid_map(*size)[0].numpy()
+    with StoreWriter(tmp_path / "grid.h5", size=size, source="model", dtype="float32") as out:
+        for name in names:
+            out.append(name, grid)
+    still = _json(runner.invoke(app, args + ["--store", str(tmp_path / "grid.h5")]))
+    assert good["pck_identity"] == still["pck_identity"]
+    assert still["pck"] == pytest.approx(good["pck_identity"])
+    assert good["pck"]["0.05"] > good["pck_identity"]["0.05"]
+
+
 def test_synthetic_fullres_table_and_outputs(tmp_path):
     root = make_synthetic(tmp_path / "syn", count=6, size=32)
     out = tmp_path / "res"

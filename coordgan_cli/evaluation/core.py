@@ -14,7 +14,7 @@ import numpy as np
 from coordgan_cli.data.benchmarks import Benchmark, load_benchmark, read_keypoints
 from coordgan_cli.errors import UserError
 from coordgan_cli.evaluation.columns import ColumnInputs, build_columns
-from coordgan_cli.evaluation.maps import BenchmarkMaps, ModelMaps, StoreMaps
+from coordgan_cli.evaluation.maps import BenchmarkMaps, IdentityMaps, ModelMaps, StoreMaps
 from coordgan_cli.metrics.protocol import PAPER_TAU
 
 PROTOCOLS = ("paper", "fullres")
@@ -266,12 +266,19 @@ def synthetic_extra(bench: Benchmark, source: Any) -> dict:
         keypoints = read_keypoints(bench.keypoints_path) if bench.keypoints_path is not None else None
         acc = correspondence_accuracy(bench, source, truth, keypoints, image_sizes=lambda s: image_size(s.image),
                                       truth_size=lambda s: truth.native_size(s))
+        # The same keypoints moved by the identity maps (each point stays at its pixel): the floor
+        # a model's PCK has to beat — on roughly aligned images it is already high.
+        floor = (correspondence_accuracy(bench, IdentityMaps(), truth, keypoints,
+                                         image_sizes=lambda s: image_size(s.image),
+                                         truth_size=lambda s: truth.native_size(s))["pck"]
+                 if keypoints is not None else None)
     finally:
         truth.close()
     if keypoints is None:
         extra["pck"] = {"available": False, "reason": f"{bench.root}/keypoints.json not found"}
     else:
         extra.update(pck=acc["pck"], pck_pairs=acc["pck_pairs"], pck_keypoints=acc["pck_keypoints"])
+        extra["pck_identity"] = floor
     extra["epe"] = acc["epe"]
     return extra
 

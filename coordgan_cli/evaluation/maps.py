@@ -58,6 +58,23 @@ class StoreMaps:
         self.reader.close()
 
 
+class IdentityMaps:
+    """The trivial maps: every image's map is its own pixel grid in canonical units (x, y from -1
+    to +1), so a point transfers to the same pixel. The floor a model's PCK has to beat: on
+    roughly aligned images (a centred face) it is already high."""
+
+    def map(self, sample: Sample, size: tuple[int, int]) -> np.ndarray:
+        from coordgan_cli.models.warp import canonical_grid_map
+
+        return canonical_grid_map(int(size[0]), int(size[1]))[0].numpy()
+
+    def valid(self, sample: Sample, size: tuple[int, int]) -> Optional[np.ndarray]:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 class ModelMaps:
     """Correspondence maps (structure path + warp MLP) and encoder features of a loaded
     ``inference.CorrespondenceModel`` (an encoder checkpoint), cached per image and size."""

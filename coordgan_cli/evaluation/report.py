@@ -174,7 +174,7 @@ def _markdown(report: dict) -> str:
     for name, m in methods:
         if not m.get("available", True):
             lines += ["", f"- {name}: unavailable — {m['reason']}"]
-    for key in ("pck", "epe"):
+    for key in ("pck", "pck_identity", "epe"):
         if key in report:
             lines += ["", f"- {key}: `{json.dumps(report[key])}`"]
     for line in model_metric_lines(report):
@@ -246,7 +246,10 @@ def summary_lines(report: dict) -> list[str]:
         else:
             lines.append(f"{name}: unavailable — {m['reason']}")
     if isinstance(report.get("pck"), dict) and "available" not in report["pck"]:
-        lines.append("PCK " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck"].items()))
+        line = "PCK " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck"].items())
+        if isinstance(report.get("pck_identity"), dict):
+            line += " (identity maps: " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck_identity"].items()) + ")"
+        lines.append(line)
     if isinstance(report.get("epe"), dict) and report["epe"].get("pixels") is not None:
         lines.append(f"EPE {report['epe']['pixels']:.3f} px ({report['epe']['canonical']:.4f} canonical units)")
     return lines + model_metric_lines(report)
