@@ -186,3 +186,62 @@ def test_finer_fourier_encoding_lets_a_structure_swap_move_the_layout():
         z_s, z_t = health_codes(g.latent_dim, 0)
         changes[scale] = measure_health(g, z_s, z_t)["layout_structure"]
     assert changes[4.0] > 4 * changes[1.0]
+
+
+class ShiftReader(nn.Module):
+    """A toy encoder for ``ToyGenerator("ideal")``: reads the map's shift back from the image by
+    matching it against the unshifted pattern (``estimate_shift``), plus a fixed ``error`` in pixels;
+    ``constant=True`` ignores the image (structure code 0 for every image)."""
+
+    def __init__(self, generator: ToyGenerator, error: float = 0.0, constant: bool = False) -> None:
+        super().__init__()
+        self.g, self.error, self.constant = generator, error, constant
+
+    def encode_structure(self, images):
+        w = torch.zeros(images.shape[0], 4)
+        if not self.constant:
+            base = self.g.synthesize(self.g.correspondence(w), self.g.texture_plus(torch.zeros_like(w)))
+            # colour is a positive gain per image: compare the normalised layouts
+            norm = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)
+            w[:, 0] = estimate_shift(norm(base).mean(1, keepdim=True).expand(len(images), -1, -1, -1),
+                                     norm(images).mean(1, keepdim=True), 6.0) + self.error
+        return w
+
+
+def _encoder_codes():
+    g = torch.Generator().manual_seed(4)
+    z_s = torch.zeros(16, 4)
+    z_s[:, 0] = torch.randint(0, 9, (16,), generator=g) * 0.5  # shifts 0 … 4 px in half-pixel steps
+    return z_s, torch.randn(16, 4, generator=g)
+
+
+def test_encoder_health_separates_an_exact_encoder_from_one_off_by_two_pixels_and_one_that_ignores_images():
+    from coordgan_cli.training.health import ENCODER_HEALTH_KEYS, measure_encoder_health
+
+    g = ToyGenerator("ideal")
+    z_s, z_t = _encoder_codes()
+    exact = measure_encoder_health(ShiftReader(g), g, z_s, z_t)
+    assert set(exact) == set(ENCODER_HEALTH_KEYS)
+    assert exact["encoder_map_error_px"] < 0.3 and exact["encoder_recovery"] > 0.8
+    off = measure_encoder_health(ShiftReader(g, error=2.0), g, z_s, z_t)
+    assert off["encoder_map_error_px"] == pytest.approx(exact["encoder_map_error_px"] + 2.0, abs=0.3)
+    blind = measure_encoder_health(ShiftReader(g, constant=True), g, z_s, z_t)
+    assert blind["encoder_recovery"] <= 0.0 + 1e-6
+    # the baseline is the truth's own spread, the same whatever the encoder does
+    assert exact["mean_map_error_px"] == off["mean_map_error_px"] == blind["mean_map_error_px"] > 0.5
+    assert exact["encoder_recovery"] > off["encoder_recovery"] > blind["encoder_recovery"]
+
+
+def test_info_health_on_an_encoder_checkpoint(tmp_path: Path):
+    from tiny_checkpoints import make_encoder_checkpoint, make_generator_checkpoint
+
+    generator = make_generator_checkpoint(tmp_path / "g.pt", seed=4)
+    path = make_encoder_checkpoint(tmp_path / "e.pt", generator, seed=5)
+    runner = CliRunner()
+    res = runner.invoke(app, ["--device", "cpu", "info", str(path), "--health", "--json"])
+    assert res.exit_code == 0, res.output
+    enc = json.loads(res.stdout)["health"]["encoder"]
+    assert enc["codes"] == 32 and enc["mean_map_error_px"] >= 0
+    assert enc["encoder_recovery"] == pytest.approx(1 - enc["encoder_map_error_px"] / max(enc["mean_map_error_px"], 1e-6))
+    text = runner.invoke(app, ["--device", "cpu", "info", str(path), "--health"])
+    assert text.exit_code == 0 and "encoder health" in text.stdout and "recovery" in text.stdout

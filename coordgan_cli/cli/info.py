@@ -55,20 +55,35 @@ def _health(data: dict[str, Any], recipe: Any, path: Path, state: Any) -> dict[s
     z_s, z_t = health_codes(generator.latent_dim, state.seed, device=device)
     with torch.no_grad():
         values = measure_health(generator, z_s, z_t)
-    return {**values, "inverted": values["layout_ratio"] < 1.0, "weights": weights, "codes": HEALTH_CODES,
-            "seed": state.seed}
+    out = {**values, "inverted": values["layout_ratio"] < 1.0, "weights": weights, "codes": HEALTH_CODES,
+           "seed": state.seed}
+    if "encoder" in data["networks"]:
+        from coordgan_cli.inference import build_encoder
+        from coordgan_cli.training.health import ENCODER_HEALTH_CODES, measure_encoder_health
+
+        encoder = build_encoder(recipe, data["networks"]["encoder"], path, device)
+        z_s, z_t = health_codes(generator.latent_dim, state.seed, n=ENCODER_HEALTH_CODES, device=device)
+        out["encoder"] = {**measure_encoder_health(encoder, generator, z_s, z_t), "codes": ENCODER_HEALTH_CODES}
+    return out
 
 
 def _health_lines(health: dict[str, Any]) -> list[str]:
     verdict = ("INVERTED: texture swaps move the layout more than structure swaps" if health["inverted"]
                else "structure swaps move the layout more than texture swaps")
     return [
-        f"[bold]training health[/] ({health['weights']} generator, {health['codes']} fixed codes, seed {health['seed']})",
+        f"[bold]training health[/] ({'EMA' if health['weights'] == 'ema' else 'stored'} generator weights, "
+        f"{health['codes']} fixed codes, seed {health['seed']})",
         f"  map displacement across structure codes: {health['map_displacement_px']:.2f} px of the map grid",
         f"  layout change: structure swap {health['layout_structure']:.3f}, texture swap "
         f"{health['layout_texture']:.3f}; ratio {health['layout_ratio']:.2f} ({verdict})",
         f"  image follows a shifted map: {health['map_follow']:.2f} (1 = fully, 0 = not at all)",
-    ]
+    ] + ([
+        f"[bold]encoder health[/] (its generator's own images, {health['encoder']['codes']} fixed codes)",
+        f"  recovered maps are {health['encoder']['encoder_map_error_px']:.2f} px off the true ones; one mean map for "
+        f"all would be {health['encoder']['mean_map_error_px']:.2f} px off: recovery "
+        f"{health['encoder']['encoder_recovery']:.2f} (1 = exact, 0 = ignores the image)",
+        "  (labels on photos also need photos like the generator's images: check them with `coordgan evaluate`)",
+    ] if "encoder" in health else [])
 
 
 def info_command(
@@ -77,7 +92,8 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout: config, parameters (and checkpoint)."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe value: section.key=value (repeatable)."),
     health: bool = typer.Option(False, "--health", help="Checkpoints: probe the generator's training health (map "
-                                "displacement, layout ratio, map following) on a small fixed batch."),
+                                "displacement, layout ratio, map following) on a small fixed batch; on an "
+                                "encoder checkpoint also how well the encoder recovers its generator's maps."),
 ) -> None:
     """Print a recipe's resolved config (or a checkpoint's contents) and parameter counts per network."""
     from coordgan_cli.config import load_recipe

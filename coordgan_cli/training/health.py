@@ -17,6 +17,15 @@ generator's constant noise (the same codes and weights always give the same numb
   shift that best explains the change (searched in half-pixel steps from 0 to twice the map
   shift) divided by the map shift. 1 = the image is drawn from the map; 0 = the synthesis ignores
   the map (the layout then comes from elsewhere: the texture code or the noise).
+
+And, for an encoder checkpoint, whether the encoder inverts its own generator
+(:func:`measure_encoder_health`): the generator draws images from fixed codes, the encoder maps
+them back, and the recovered correspondence maps are compared with the true ones —
+``encoder_map_error_px`` (mean ‖ĉ − c‖ in pixels of the map grid) against ``mean_map_error_px``
+(the error of answering every image with the batch's mean map, i.e. of ignoring the image), and
+``encoder_recovery`` = 1 − their ratio (1 = exact, 0 = no better than one map for all). This needs
+no labels; a low value means the encoder has not learnt the generator's poses. A high value does
+not promise good labels on photos: the generator's images can differ from them (README "A pose head").
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from coordgan_cli import losses
 
 HEALTH_KEYS = ("map_displacement_px", "layout_structure", "layout_texture", "layout_ratio", "map_follow")
 HEALTH_CODES = 8  # a small fixed batch (4 pairs): cheap enough for every log line
+ENCODER_HEALTH_KEYS = ("encoder_map_error_px", "mean_map_error_px", "encoder_recovery")
+ENCODER_HEALTH_CODES = 32  # its own fixed batch: a mean map needs more than a handful of images
 
 
 def health_codes(latent_dim: int, seed: int, n: int = HEALTH_CODES,
@@ -100,6 +111,28 @@ def measure_health(generator: nn.Module, z_structure: torch.Tensor, z_texture: t
         "layout_texture": float(layout_texture),
         "layout_ratio": float(layout_structure / layout_texture.clamp_min(1e-6)),
         "map_follow": float(follow),
+    }
+
+
+@torch.no_grad()
+def measure_encoder_health(encoder: nn.Module, generator: nn.Module, z_structure: torch.Tensor,
+                           z_texture: torch.Tensor) -> dict[str, float]:
+    """How well ``encoder`` recovers the correspondence maps of ``generator``'s own images drawn from
+    codes (B, D) with constant noise (see the module docstring). Returns {key: float} for every key
+    of ``ENCODER_HEALTH_KEYS``."""
+    g = generator
+    if z_structure.shape[0] < 2:
+        raise ValueError(f"the encoder probe needs at least 2 codes, got {z_structure.shape[0]}")
+    corr = g.correspondence(g.map_structure(z_structure))
+    images = g.synthesize(corr, g.texture_plus(g.map_texture(z_texture)), noise="const")
+    recovered = g.correspondence(encoder.encode_structure(images))
+    px = (corr.shape[-1] - 1) / 2
+    error = (recovered - corr).norm(dim=1).mean() * px
+    spread = (corr - corr.mean(0, keepdim=True)).norm(dim=1).mean() * px
+    return {
+        "encoder_map_error_px": float(error),
+        "mean_map_error_px": float(spread),
+        "encoder_recovery": float(1 - error / spread.clamp_min(1e-6)),
     }
 
 
