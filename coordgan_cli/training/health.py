@@ -25,7 +25,8 @@ them back, and the recovered correspondence maps are compared with the true ones
 (the error of answering every image with the batch's mean map, i.e. of ignoring the image), and
 ``encoder_recovery`` = 1 − their ratio (1 = exact, 0 = no better than one map for all). This needs
 no labels; a low value means the encoder has not learnt the generator's poses. A high value does
-not promise good labels on photos: the generator's images can differ from them (README "A pose head").
+not promise good labels on photos: the generator's images can differ from them (README "Where the
+labels are lost").
 """
 
 from __future__ import annotations
