@@ -248,7 +248,7 @@ def summary_lines(report: dict) -> list[str]:
     if isinstance(report.get("pck"), dict) and "available" not in report["pck"]:
         line = "PCK " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck"].items())
         if isinstance(report.get("pck_identity"), dict):
-            line += " (identity maps: " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck_identity"].items()) + ")"
+            line += " (keypoints left in place: " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck_identity"].items()) + ")"
         lines.append(line)
     if isinstance(report.get("epe"), dict) and report["epe"].get("pixels") is not None:
         lines.append(f"EPE {report['epe']['pixels']:.3f} px ({report['epe']['canonical']:.4f} canonical units)")
