@@ -130,6 +130,8 @@ def test_pck_identity_is_the_pck_of_a_store_of_pixel_grids(tmp_path):
     assert good["pck_identity"] == still["pck_identity"]
     assert still["pck"] == pytest.approx(good["pck_identity"])
     assert good["pck"]["0.05"] > good["pck_identity"]["0.05"]
+    text = runner.invoke(app, args[:-1] + ["--store", str(root / "correspondence.h5")])
+    assert text.exit_code == 0 and "(keypoints left in place: @0.05:" in text.stdout
 
 
 def test_synthetic_fullres_table_and_outputs(tmp_path):
