@@ -6,7 +6,7 @@
 # steps 10 min, evaluation 8 min. ship_model.py ships only a model that clears the bar (mean IoU
 # >= 0.80 and >= 0.30 above copying the reference mask, paper protocol, unseen seed). The CPU-sized
 # runs of this release did not (2026-11-30, with the pose head: the samples are faces, but mean IoU
-# 0.111-0.162 against identity 0.147, one reference; PCK@0.1 0.85-0.90, where keypoints left in
+# 0.111-0.162 against identity 0.147, one reference; PCK@0.1 up to 0.91, where keypoints left in
 # place already score 0.839: the encoder learns the generator's poses, and the generator's faces are
 # not yet like the photos; README "Where the labels are lost"), so no CoordGAN model ships yet.
 set -euo pipefail
