@@ -202,10 +202,13 @@ class ShiftReader(nn.Module):
         if not self.constant:
             base = self.g.synthesize(self.g.correspondence(w), self.g.texture_plus(torch.zeros_like(w)))
             # colour is a positive gain per image: compare the normalised layouts
-            norm = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)
-            w[:, 0] = estimate_shift(norm(base).mean(1, keepdim=True).expand(len(images), -1, -1, -1),
-                                     norm(images).mean(1, keepdim=True), 6.0) + self.error
+            w[:, 0] = estimate_shift(_normalised(base).mean(1, keepdim=True).expand(len(images), -1, -1, -1),
+                                     _normalised(images).mean(1, keepdim=True), 6.0) + self.error
         return w
+
+
+def _normalised(images: torch.Tensor) -> torch.Tensor:
+    return (images - images.mean((2, 3), keepdim=True)) / images.std((2, 3), keepdim=True)
 
 
 def _encoder_codes():
