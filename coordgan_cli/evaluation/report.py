@@ -246,10 +246,12 @@ def summary_lines(report: dict) -> list[str]:
         else:
             lines.append(f"{name}: unavailable — {m['reason']}")
     if isinstance(report.get("pck"), dict) and "available" not in report["pck"]:
-        line = "PCK " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck"].items())
-        if isinstance(report.get("pck_identity"), dict):
-            line += " (keypoints left in place: " + ", ".join(f"@{a}: {_fmt(v)} %" for a, v in report["pck_identity"].items()) + ")"
-        lines.append(line)
+        def at(pck: dict) -> str:
+            return ", ".join(f"@{a}: {_fmt(v)} %" for a, v in pck.items())
+
+        floor = report.get("pck_identity")
+        lines.append(f"PCK {at(report['pck'])}"
+                     + (f" (keypoints left in place: {at(floor)})" if isinstance(floor, dict) else ""))
     if isinstance(report.get("epe"), dict) and report["epe"].get("pixels") is not None:
         lines.append(f"EPE {report['epe']['pixels']:.3f} px ({report['epe']['canonical']:.4f} canonical units)")
     return lines + model_metric_lines(report)

@@ -319,11 +319,51 @@ def run_paper(bench: Benchmark, source: MapSource, *, tau: float = PAPER_TAU, mo
 # Correspondence accuracy on synthetic data (known truth)
 
 
+def keypoint_pck(bench: Benchmark, source: MapSource, keypoints: dict[str, np.ndarray],
+                 image_sizes: Callable[[Sample], tuple[int, int]]) -> dict:
+    """PCK@0.05/0.1 of every reference's keypoints moved to every query by ``source``'s maps.
+
+    Args:
+        keypoints: image name → (K, 3) array of (x, y, visibility) in that image's pixels.
+        image_sizes: sample → (H, W) of its image (the keypoints' frame).
+
+    Returns:
+        {"pck": {"0.05": …, "0.1": …} | None, "pck_pairs", "pck_keypoints"}.
+    """
+    from coordgan_cli.metrics.keypoints import pck, pooled_pck, transfer_keypoints
+
+    vmax = max((float(k[:, 2].max()) for k in keypoints.values() if len(k)), default=0.0)
+    counts, pairs = [], 0
+    for r in bench.references:
+        if r.name not in keypoints:
+            continue
+        rsize = image_sizes(r)
+        rmap = source.map(r, rsize)
+        rkp = keypoints[r.name]
+        for q in bench.queries:
+            if q.name not in keypoints:
+                continue
+            qkp = keypoints[q.name]
+            if len(qkp) != len(rkp):
+                continue
+            qsize = image_sizes(q)
+            qmap = source.map(q, qsize)
+            visible = (rkp[:, 2] >= vmax) & (qkp[:, 2] >= vmax) & (vmax > 0)
+            if not visible.any():
+                continue
+            moved, _dist = transfer_keypoints(rmap, qmap, rkp[:, :2], query_valid=source.valid(q, qsize))
+            counts.append(pck(moved, qkp[:, :2], qsize, (0.05, 0.1), mask=visible))
+            pairs += 1
+    return {"pck": pooled_pck(counts) if counts else None, "pck_pairs": pairs,
+            "pck_keypoints": int(sum(c[0.05][1] for c in counts))}
+
+
 def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: MapSource,
                             keypoints: Optional[dict[str, np.ndarray]],
                             image_sizes: Callable[[Sample], tuple[int, int]],
                             truth_size: Callable[[Sample], tuple[int, int]]) -> dict:
-    """PCK of transferred keypoints and end-point error against the ground-truth store.
+    """PCK of transferred keypoints (:func:`keypoint_pck`) and end-point error against the
+    ground-truth store.
 
     Args:
         keypoints: image name → (K, 3) array of (x, y, visibility) in that image's pixels, or None.
@@ -333,35 +373,9 @@ def correspondence_accuracy(bench: Benchmark, source: MapSource, truth_maps: Map
     Returns:
         {"pck": {"0.05": …, "0.1": …} | None, "pck_pairs", "pck_keypoints", "epe": {…}}.
     """
-    from coordgan_cli.metrics.keypoints import end_point_error, pck, pooled_pck, transfer_keypoints
+    from coordgan_cli.metrics.keypoints import end_point_error
 
-    out: dict = {}
-    if keypoints is not None:
-        vmax = max((float(k[:, 2].max()) for k in keypoints.values() if len(k)), default=0.0)
-        counts, pairs = [], 0
-        for r in bench.references:
-            if r.name not in keypoints:
-                continue
-            rsize = image_sizes(r)
-            rmap = source.map(r, rsize)
-            rkp = keypoints[r.name]
-            for q in bench.queries:
-                if q.name not in keypoints:
-                    continue
-                qkp = keypoints[q.name]
-                if len(qkp) != len(rkp):
-                    continue
-                qsize = image_sizes(q)
-                qmap = source.map(q, qsize)
-                visible = (rkp[:, 2] >= vmax) & (qkp[:, 2] >= vmax) & (vmax > 0)
-                if not visible.any():
-                    continue
-                moved, _dist = transfer_keypoints(rmap, qmap, rkp[:, :2], query_valid=source.valid(q, qsize))
-                counts.append(pck(moved, qkp[:, :2], qsize, (0.05, 0.1), mask=visible))
-                pairs += 1
-        out["pck"] = pooled_pck(counts) if counts else None
-        out["pck_pairs"] = pairs
-        out["pck_keypoints"] = int(sum(c[0.05][1] for c in counts))
+    out: dict = keypoint_pck(bench, source, keypoints, image_sizes) if keypoints is not None else {}
     canonical = pixels = 0.0
     count = 0
     for q in bench.queries:
